@@ -1,0 +1,3 @@
+from .panoptic_semseg_metric import PanopticSemSegMetric
+
+__all__ = ['PanopticSemSegMetric']

@@ -1,0 +1,67 @@
+"""Shared set-up for ``tools/train.py`` and ``tools/test.py``."""
+import os
+import os.path as osp
+from typing import Any, Iterator, Optional, Tuple
+
+import torch
+from mmengine.config import Config
+
+_REMOTE_PREFIXES = ('http://', 'https://', 'torchvision://', 'open-mmlab://', 'mmcls://',
+                    'modelzoo://', 's3://', 'mmpretrain://')
+
+
+def _walk(node: Any, path: str = '') -> Iterator[Tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            sub = f'{path}.{key}' if path else str(key)
+            yield sub, value
+            yield from _walk(value, sub)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _walk(value, f'{path}[{i}]')
+
+
+def check_local_checkpoints(cfg: Config) -> None:
+    """Raise a clear error for every ``init_cfg`` checkpoint that is a missing local file.
+
+    Without this, mmengine fails deep inside ``init_weights`` with a message that
+    does not say which config key points at the file.
+    """
+    for key, value in _walk(cfg._cfg_dict.to_dict()):
+        if not key.endswith('init_cfg') or not isinstance(value, dict):
+            continue
+        ckpt = value.get('checkpoint')
+        if value.get('type') != 'Pretrained' or not isinstance(ckpt, str):
+            continue
+        if ckpt.startswith(_REMOTE_PREFIXES):
+            continue
+        if not osp.isfile(ckpt):
+            raise FileNotFoundError(
+                f'{key}.checkpoint = {ckpt!r} does not exist. Download the weights to that '
+                f'path, point the config at a local copy (e.g. --cfg-options '
+                f'{key}.checkpoint=/path/to/file.pth), or set {key}=None for random init.')
+
+
+def load_tool_config(config: str, cfg_options: Optional[dict], work_dir: Optional[str],
+                     launcher: str) -> Config:
+    """Read a config for a tool: CLI overrides, default work_dir, a usable dist backend."""
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file {config!r} does not exist')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    if launcher != 'none' and not torch.cuda.is_available():
+        # NCCL needs GPUs; gloo lets dist_train.sh/dist_test.sh run on CPU.
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    check_local_checkpoints(cfg)
+    return cfg
+
+
+def set_local_rank_env(local_rank: int) -> None:
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(local_rank)

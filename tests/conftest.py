@@ -1,0 +1,35 @@
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY_M2F = osp.join(REPO_ROOT, 'configs', 'mask2former', 'mask2former_r18_synthetic-panoptic.py')
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """A tiny synthetic dataset shared by the whole session (path ends with '/')."""
+    from mmmaps.datasets import generate_synthetic_panoptic
+    root = tmp_path_factory.mktemp('synthetic') / 'data'
+    generate_synthetic_panoptic(str(root), num_train=8, num_val=4, seed=1, size=(64, 64),
+                                progress=False)
+    return str(root) + '/'
+
+
+@pytest.fixture
+def synthetic_env(synthetic_root, monkeypatch):
+    """Point the synthetic dataset config at the session dataset."""
+    monkeypatch.setenv('MMMAPS_SYNTHETIC_ROOT', synthetic_root)
+    return synthetic_root
+
+
+def run_tool(args, env_root, cwd=REPO_ROOT, timeout=600):
+    """Run a repo tool in a fresh interpreter, the way a user would."""
+    env = dict(os.environ, MMMAPS_SYNTHETIC_ROOT=env_root)
+    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
+    return proc

@@ -1,0 +1,32 @@
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from mmdet.registry import DATASETS, MODELS
+from mmdet.utils import register_all_modules
+from tests.conftest import REPO_ROOT
+
+CONFIGS = sorted(p for p in glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py'),
+                                      recursive=True) if '_base_' not in p)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: osp.relpath(p, REPO_ROOT))
+def test_config_builds(path):
+    import mmmaps  # noqa: F401
+    register_all_modules()
+    cfg = Config.fromfile(path)
+    assert cfg.custom_imports == dict(imports=['mmmaps'], allow_failed_imports=False)
+    model = MODELS.build(cfg.model)
+    head = model.panoptic_head
+    # the class split of the head must be the dataset's
+    for loader in (cfg.train_dataloader, cfg.test_dataloader):
+        dataset_cfg = loader.dataset
+        meta = dataset_cfg.get('metainfo') or DATASETS.get(dataset_cfg.type).METAINFO
+        assert len(meta['thing_classes']) == head.num_things_classes
+        assert len(meta['stuff_classes']) == head.num_stuff_classes
+        assert tuple(meta['classes']) == tuple(meta['thing_classes']) + tuple(
+            meta['stuff_classes']), 'things must come first'
+    types = [e['type'] for e in cfg.test_evaluator]
+    assert types == ['CocoPanopticMetric', 'CocoMetric', 'PanopticSemSegMetric']

@@ -1,0 +1,142 @@
+import hashlib
+import json
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+from mmengine.config import Config
+from panopticapi.utils import rgb2id
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from mmmaps.datasets import synthetic_panoptic as syn
+from tests.conftest import REPO_ROOT
+
+
+def _tree_digest(root):
+    digest = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            path = osp.join(dirpath, name)
+            digest.update(osp.relpath(path, root).encode())
+            with open(path, 'rb') as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_panoptic_format_is_valid(synthetic_root, split):
+    root = synthetic_root
+    with open(osp.join(root, 'annotations', f'panoptic_{split}.json')) as f:
+        pan = json.load(f)
+    cats = {c['id']: c for c in pan['categories']}
+    assert [c['name'] for c in pan['categories']] == list(syn.CLASSES)
+    assert len(pan['images']) == len(pan['annotations']) > 0
+    images = {im['id']: im for im in pan['images']}
+    coco = COCO(osp.join(root, 'annotations', f'instances_{split}.json'))
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(syn.THING_CLASSES)
+    for ann in pan['annotations']:
+        image = images[ann['image_id']]
+        img = cv2.imread(osp.join(root, split, image['file_name']))
+        assert img.shape == (image['height'], image['width'], 3)
+        png = cv2.imread(osp.join(root, 'annotations', f'panoptic_{split}', ann['file_name']))
+        ids = rgb2id(png[..., ::-1])
+        segs = {s['id']: s for s in ann['segments_info']}
+        assert set(np.unique(ids)) - {0} == set(segs)
+        sem = cv2.imread(osp.join(root, 'annotations', f'semantic_{split}', ann['file_name']),
+                         cv2.IMREAD_UNCHANGED)
+        assert ((ids == 0) == (sem == syn.IGNORE_INDEX)).all()
+        stuff_cats = set()
+        thing_masks = {}
+        for seg_id, seg in segs.items():
+            mask = ids == seg_id
+            assert seg['area'] == mask.sum()
+            ys, xs = np.nonzero(mask)
+            assert seg['bbox'] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                                   ys.max() - ys.min() + 1]
+            assert (sem[mask] == seg['category_id'] - 1).all()
+            if cats[seg['category_id']]['isthing']:
+                thing_masks[seg_id] = (seg['category_id'], mask)
+            else:
+                assert seg['category_id'] not in stuff_cats, 'one segment per stuff class'
+                stuff_cats.add(seg['category_id'])
+        inst = coco.loadAnns(coco.getAnnIds(imgIds=[ann['image_id']]))
+        assert len(inst) == len(thing_masks)
+        unmatched = dict(thing_masks)
+        for a in inst:
+            m = mask_utils.decode(a['segmentation']).astype(bool)
+            match = [k for k, (cat, mask) in unmatched.items()
+                     if cat == a['category_id'] and (mask == m).all()]
+            assert match, 'instance annotation without an identical panoptic segment'
+            del unmatched[match[0]]
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    kwargs = dict(num_train=4, num_val=2, size=(48, 64), progress=False)
+    syn.generate_synthetic_panoptic(str(tmp_path / 'a'), seed=3, **kwargs)
+    syn.generate_synthetic_panoptic(str(tmp_path / 'b'), seed=3, **kwargs)
+    syn.generate_synthetic_panoptic(str(tmp_path / 'c'), seed=4, **kwargs)
+    assert _tree_digest(tmp_path / 'a') == _tree_digest(tmp_path / 'b')
+    assert _tree_digest(tmp_path / 'a') != _tree_digest(tmp_path / 'c')
+    img = cv2.imread(str(tmp_path / 'a' / 'train' / '000000000001.jpg'))
+    assert img.shape == (48, 64, 3)
+
+
+def test_images_do_not_depend_on_split_size(tmp_path):
+    syn.generate_synthetic_panoptic(str(tmp_path / 'small'), 2, 1, seed=0, size=(40, 40),
+                                    progress=False)
+    syn.generate_synthetic_panoptic(str(tmp_path / 'big'), 5, 1, seed=0, size=(40, 40),
+                                    progress=False)
+    for name in ('000000000001.png', '000000000002.png'):
+        a = cv2.imread(str(tmp_path / 'small/annotations/panoptic_train' / name))
+        b = cv2.imread(str(tmp_path / 'big/annotations/panoptic_train' / name))
+        assert (a == b).all()
+
+
+def test_reuse_force_and_no_partial_output(tmp_path, monkeypatch):
+    out = str(tmp_path / 'd')
+    meta = syn.generate_synthetic_panoptic(out, 2, 1, seed=0, size=(32, 32), progress=False)
+    assert not meta['reused']
+    assert syn.generate_synthetic_panoptic(out, 2, 1, seed=0, size=(32, 32),
+                                           progress=False)['reused']
+    assert not syn.generate_synthetic_panoptic(out, 2, 1, seed=0, size=(32, 32), force=True,
+                                               progress=False)['reused']
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(syn, '_write_split', boom)
+    with pytest.raises(KeyboardInterrupt):
+        syn.generate_synthetic_panoptic(str(tmp_path / 'e'), 2, 1, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ['d'], 'an interrupted run must leave nothing'
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match='num_train'):
+        syn.generate_synthetic_panoptic(str(tmp_path / 'x'), 0, 1)
+    with pytest.raises(ValueError, match='size'):
+        syn.generate_synthetic_panoptic(str(tmp_path / 'x'), 1, 1, size=(8, 8))
+
+
+def test_scene_context_disambiguates_lookalike_things(synthetic_root):
+    # The look-alike pairs share shape and palette; the scenes they occur in are disjoint.
+    scenes_of = {}
+    for scene in syn.SCENE_TYPES:
+        for thing in scene.things:
+            scenes_of.setdefault(thing, set()).add(scene.name)
+    for a, b in (('car', 'boat'), ('ball', 'buoy'), ('dog', 'seal')):
+        assert syn._SHAPE_OF[a] == syn._SHAPE_OF[b]
+        assert not scenes_of[a] & scenes_of[b]
+    # and every scene type has its own stuff layout
+    layouts = {tuple(s for s, _ in scene.bands) for scene in syn.SCENE_TYPES}
+    assert len(layouts) == len(syn.SCENE_TYPES)
+
+
+def test_config_metainfo_matches_generator():
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/_base_/datasets/synthetic_panoptic.py'))
+    assert tuple(cfg.metainfo['classes']) == syn.CLASSES
+    assert tuple(cfg.metainfo['thing_classes']) == syn.THING_CLASSES
+    assert tuple(cfg.metainfo['stuff_classes']) == syn.STUFF_CLASSES
+    assert [tuple(c) for c in cfg.metainfo['palette']] == [tuple(c) for c in syn.PALETTE]

@@ -1,0 +1,95 @@
+"""Test (and evaluate) a model: ``python tools/test.py CONFIG CHECKPOINT``.
+
+For a panoptic model the configured evaluators print mmdet's PQ, COCO AP and
+mIoU tables; this tool then prints one summary table (PQ, PQ_th, PQ_st, SQ,
+RQ, AP, mIoU) and writes all metrics to ``WORK_DIR/metrics.json``.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+
+from mmengine.config import DictAction
+from mmengine.dist import is_main_process
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmdet.engine.hooks.utils import trigger_visualization_hook
+from mmdet.evaluation import DumpDetResults
+
+from mmmaps.evaluation import format_summary_table, panoptic_summary
+from mmmaps.utils.tool_utils import load_tool_config, set_local_rank_env
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='directory for logs and metrics.json')
+    parser.add_argument('--out', help='dump raw predictions to a pickle file (.pkl)')
+    parser.add_argument(
+        '--panoptic-out', metavar='PREFIX',
+        help='also save panoptic predictions in COCO format: PREFIX.panoptic.json and '
+        'PREFIX.panoptic/*.png (readable by panopticapi)')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir',
+                        help='save painted predictions to WORK_DIR/TIMESTAMP/SHOW_DIR')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, xxx=yyy format')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    set_local_rank_env(args.local_rank)
+    return args
+
+
+def _set_panoptic_outfile_prefix(cfg, prefix: str) -> None:
+    evaluators = cfg.test_evaluator
+    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+    found = False
+    for evaluator in evaluators:
+        if evaluator.get('type') == 'CocoPanopticMetric':
+            evaluator['outfile_prefix'] = prefix
+            found = True
+    if not found:
+        raise ValueError('--panoptic-out needs a CocoPanopticMetric in test_evaluator')
+    os.makedirs(osp.dirname(osp.abspath(prefix)), exist_ok=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+    if args.panoptic_out:
+        _set_panoptic_outfile_prefix(cfg, args.panoptic_out)
+
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must be a .pkl file, got {args.out!r}')
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+
+    metrics = runner.test()
+
+    if is_main_process():
+        summary = panoptic_summary(metrics)
+        if any(v is not None for v in summary.values()):
+            print(format_summary_table({osp.splitext(osp.basename(args.config))[0]: summary}))
+        os.makedirs(cfg.work_dir, exist_ok=True)
+        out_json = osp.join(cfg.work_dir, 'metrics.json')
+        tmp = out_json + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
+        os.replace(tmp, out_json)
+        print(f'metrics written to {out_json}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
