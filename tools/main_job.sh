@@ -26,7 +26,7 @@ python tools/test.py "$CONFIG" "$WORK_DIR/untrained/init.pth" --work-dir "$WORK_
 
 echo "==> train ($MAX_ITERS iterations on $(nproc) CPU cores)"
 python tools/train.py "$CONFIG" --work-dir "$WORK_DIR/train" --cfg-options \
-  train_cfg.max_iters="$MAX_ITERS" train_cfg.val_interval="$MAX_ITERS" \
+  train_cfg.max_iters="$MAX_ITERS" train_cfg.val_interval=$((MAX_ITERS + 1)) \
   default_hooks.checkpoint.interval="$MAX_ITERS" param_scheduler.1.end="$MAX_ITERS" \
   "param_scheduler.1.milestones=[$((MAX_ITERS * 85 / 100))]"
 

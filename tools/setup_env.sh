@@ -69,15 +69,13 @@ FLAVOUR=$([[ $HAS_GPU == 1 ]] && echo cuda || echo cpu)
 # Everything that decides what gets installed goes into the stamp.
 stamp_of() {
   {
-    cat "$REQ/build.txt" "$REQ/mminstall.txt" "$REQ/runtime.txt"
-    [[ $WANT_TESTS == 1 ]] && cat "$REQ/tests.txt"
-    [[ $WANT_OPTIONAL == 1 ]] && cat "$REQ/optional.txt"
+    cat "$@"
     echo "flavour=$FLAVOUR"
     echo "setup_env_version=1"
   } | sha256sum | cut -d' ' -f1
 }
 STAMP_FILE=$VENV/.mmmaps-stamp
-STAMP=$(stamp_of)
+STAMP=$(stamp_of "$REQ/build.txt" "$REQ/mminstall.txt" "$REQ/runtime.txt")
 
 # --- 1. virtual environment ---------------------------------------------------
 step "virtual environment ($VENV)"
@@ -159,15 +157,6 @@ else
   else
     run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" $RUNTIME
   fi
-  if [[ $WANT_TESTS == 1 ]]; then
-    step "test requirements"
-    run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$REQ/tests.txt"
-  fi
-  if [[ $WANT_OPTIONAL == 1 ]]; then
-    step "optional requirements"
-    run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$REQ/optional.txt"
-  fi
-
   step "check imports"
   run_logged "$PY" - <<'EOF'
 import torch, torchvision, mmcv, mmcv.ops, mmcv._ext, mmengine, mmdet, mmseg
@@ -177,6 +166,27 @@ print('torch', torch.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__ver
 EOF
   cat "$LOG" | sed 's/^/    /'
   echo "$STAMP" >"$STAMP_FILE"
+fi
+
+# Optional groups have their own stamps, so alternating `--tests` runs and plain runs
+# does not reinstall anything.
+install_group() {  # install_group NAME FILE
+  local group_stamp_file=$VENV/.mmmaps-stamp-$1 group_stamp
+  group_stamp=$(stamp_of "$2" "$STAMP_FILE")
+  if [[ -f $group_stamp_file && $(cat "$group_stamp_file") == "$group_stamp" ]]; then
+    echo "    $1 requirements are up to date"
+  else
+    run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$2"
+    echo "$group_stamp" >"$group_stamp_file"
+  fi
+}
+if [[ $WANT_TESTS == 1 ]]; then
+  step "test requirements"
+  install_group tests "$REQ/tests.txt"
+fi
+if [[ $WANT_OPTIONAL == 1 ]]; then
+  step "optional requirements"
+  install_group optional "$REQ/optional.txt"
 fi
 
 # --- 5. this checkout, editable -------------------------------------------------
