@@ -28,7 +28,9 @@ def synthetic_env(synthetic_root, monkeypatch):
 
 def run_tool(args, env_root, cwd=REPO_ROOT, timeout=600):
     """Run a repo tool in a fresh interpreter, the way a user would."""
-    env = dict(os.environ, MMMAPS_SYNTHETIC_ROOT=env_root)
+    # the checkout under test comes first, whatever checkout the venv's editable install is
+    env = dict(os.environ, MMMAPS_SYNTHETIC_ROOT=env_root,
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')])))
     proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'

@@ -55,11 +55,27 @@ def load_tool_config(config: str, cfg_options: Optional[dict], work_dir: Optiona
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
-    if launcher != 'none' and not torch.cuda.is_available():
-        # NCCL needs GPUs; gloo lets dist_train.sh/dist_test.sh run on CPU.
-        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if launcher == 'pytorch' and not torch.cuda.is_available():
+        init_cpu_process_group()
+        # mmengine passes device_ids=[LOCAL_RANK] to DDP, which CPU modules reject.
+        cfg.setdefault('model_wrapper_cfg', dict(
+            type='MMDistributedDataParallel', broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False)))
+        cfg.model_wrapper_cfg['device_ids'] = None
     check_local_checkpoints(cfg)
     return cfg
+
+
+def init_cpu_process_group() -> None:
+    """Start a gloo process group for a torchrun launch on a machine without CUDA.
+
+    mmengine's ``init_dist('pytorch')`` always calls ``torch.cuda.set_device`` and
+    defaults to NCCL; the Runner skips it when a process group already exists, so
+    starting one here lets ``dist_train.sh``/``dist_test.sh`` run on CPU.
+    """
+    import torch.distributed as torch_dist
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend='gloo')
 
 
 def set_local_rank_env(local_rank: int) -> None:
