@@ -244,10 +244,7 @@ def render_image(rng: np.random.Generator, height: int, width: int,
     next_id = 1
     for inst in range(1, len(placed) + 1):
         m = instance_map == inst
-        area = int(m.sum())
-        if area == 0:
-            continue
-        if area < min_area:  # fully occluded remnants become void, as in COCO
+        if m.sum() < min_area:  # (almost) fully occluded: remnants become void, as in COCO
             continue
         segments.append(_Segment(next_id, int(thing_label[m][0]), m))
         id_map[m] = next_id

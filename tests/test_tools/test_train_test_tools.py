@@ -1,9 +1,12 @@
 import json
+import os
 import os.path as osp
+import subprocess
+import sys
 
 from panopticapi.evaluation import pq_compute
 
-from tests.conftest import TINY_M2F, run_tool
+from tests.conftest import REPO_ROOT, TINY_M2F, run_tool
 
 
 def test_train_two_iters_then_test(synthetic_root, tmp_path):
@@ -40,11 +43,6 @@ def test_train_two_iters_then_test(synthetic_root, tmp_path):
 
 
 def test_dist_scripts_run_one_process_on_cpu(synthetic_root, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO_ROOT
     work = str(tmp_path / 'dist')
     loaders = [f'{split}_dataloader.{k}' for split in ('train', 'val', 'test')
                for k in ('num_workers=0', 'persistent_workers=False')]
