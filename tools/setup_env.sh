@@ -134,6 +134,8 @@ else
     else
       echo "    using cached wheel in $WHEEL_DIR"
     fi
+    # Two steps: --force-reinstall replaces an mmcv 2.1.0 without ops (pip would call it
+    # satisfied), the second pulls mmcv's own dependencies under the constraints.
     run_logged "${PIP[@]}" install --force-reinstall --no-deps "$WHEEL_DIR"/mmcv-*.whl
     run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" "$(ls "$WHEEL_DIR"/mmcv-*.whl)"
   fi
