@@ -35,3 +35,38 @@ def run_tool(args, env_root, cwd=REPO_ROOT, timeout=600):
                           text=True, timeout=timeout)
     assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
     return proc
+
+
+MEMORY_CFG = osp.join(REPO_ROOT, 'configs', 'memory',
+                      'memory_tiled-clip_vit-s16_synthetic-panoptic.py')
+
+
+def load_config_with_root(path, root, options=None):
+    """Config.fromfile with the synthetic data root substituted (env read at load time)."""
+    from mmengine.config import Config
+    old = os.environ.get('MMMAPS_SYNTHETIC_ROOT')
+    os.environ['MMMAPS_SYNTHETIC_ROOT'] = root
+    try:
+        cfg = Config.fromfile(path)
+    finally:
+        if old is None:
+            del os.environ['MMMAPS_SYNTHETIC_ROOT']
+        else:
+            os.environ['MMMAPS_SYNTHETIC_ROOT'] = old
+    if options:
+        cfg.merge_from_dict(options)
+    return cfg
+
+
+@pytest.fixture(scope='session')
+def synthetic_memory(synthetic_root, tmp_path_factory):
+    """The tiny memory (ViT-S/16 random init) of the session's synthetic train split."""
+    from mmmaps.memory.builder import MemoryBuilder
+    out = str(tmp_path_factory.mktemp('memory') / 'synthetic_train')
+    cfg = load_config_with_root(MEMORY_CFG, synthetic_root, {'memory.build.chunk_size': 3,
+                                                             'memory.build.num_workers': 0})
+    builder = MemoryBuilder(cfg, out=out, device='cpu')
+    builder.prepare(resume=False, force=False)
+    builder.encode_chunks(progress=False)
+    builder.merge()
+    return out

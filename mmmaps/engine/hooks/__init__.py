@@ -1,0 +1,3 @@
+from .memory_hook import MemoryHook
+
+__all__ = ['MemoryHook']

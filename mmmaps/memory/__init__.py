@@ -1,0 +1,12 @@
+"""The external memory of MAPS: frozen encoders, FAISS banks, retrieval."""
+from .bank import BankWriter, MemoryBank, MemoryBankError
+from .encoders import *  # noqa: F401,F403
+from .encoders import __all__ as _encoder_names
+from .memory_root import MemoryRoot
+from .query_cache import QueryEmbeddingCache
+from .retriever import MemoryRetriever, RetrievalResult
+
+__all__ = [
+    'BankWriter', 'MemoryBank', 'MemoryBankError', 'MemoryRoot', 'QueryEmbeddingCache',
+    'MemoryRetriever', 'RetrievalResult'
+] + list(_encoder_names)

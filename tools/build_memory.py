@@ -1,0 +1,106 @@
+"""Build the MAPS memory (scene bank, object bank, query-embedding cache) of a dataset.
+
+    python tools/build_memory.py CONFIG [--split train] [--out DIR] [--resume]
+                                 [--shard i/n | --merge] [--force] [--device cuda]
+
+The images are read from the config's own ``{split}_dataloader.dataset``; the
+encoders, index and output root come from its ``memory`` section. Progress is
+saved per chunk in ``OUT.build/``: after a kill, ``--resume`` continues where it
+stopped. Big datasets: run ``--shard i/n`` for i = 0..n-1 (any machines sharing
+the folder), then ``--merge``; or ``torchrun --nproc_per_node N
+tools/build_memory.py CONFIG`` (one shard per rank, rank 0 merges).
+"""
+import argparse
+import os
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
+
+from mmmaps.memory.builder import MemoryBuilder, parse_shard, wait_for_chunks
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Build the MAPS memory banks of a dataset')
+    parser.add_argument('config', help='model config with a `memory` section')
+    parser.add_argument('--split', default='train', choices=['train', 'val', 'test'],
+                        help='dataset split to encode (default: train)')
+    parser.add_argument('--out', help='output directory (default: memory.root, '
+                        'with _SPLIT appended for other splits)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue a partial build found in OUT.build/')
+    parser.add_argument('--force', action='store_true',
+                        help='rebuild even if OUT is up to date; discard a partial build')
+    parser.add_argument('--shard', help='encode only shard i of n (i/n); merge later with --merge')
+    parser.add_argument('--merge', action='store_true',
+                        help='merge the chunks of all shards into the banks')
+    parser.add_argument('--query-cache-only', action='store_true',
+                        help='only encode the query keys (e.g. --split val for faster testing)')
+    parser.add_argument('--device', help='encoder device (default: cuda if available)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, xxx=yyy format')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.path.isfile(args.config):
+        sys.exit(f'config file {args.config!r} does not exist')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if 'custom_imports' in cfg:
+        from mmengine.utils import import_modules_from_strings
+        import_modules_from_strings(**cfg.custom_imports)
+
+    shard = parse_shard(args.shard)
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    if shard is None and world > 1:
+        shard = (rank, world)
+    device = args.device
+    if device is None and world > 1:
+        import torch
+        if torch.cuda.is_available():
+            device = f'cuda:{os.environ.get("LOCAL_RANK", "0")}'
+
+    builder = MemoryBuilder(cfg, split=args.split, out=args.out, device=device,
+                            query_cache_only=args.query_cache_only)
+    if not args.merge and not args.force and shard is None and builder.is_up_to_date():
+        print_log(f'{builder.out} is up to date (same dataset, encoders and settings); '
+                  'pass --force to rebuild', logger='current')
+        return builder.out
+    print_log(f'building the {args.split} memory of {len(builder.records)} images into '
+              f'{builder.out} on {builder.device} (key encoder '
+              f'{builder.plan["key_encoder"]["type"]}, dense encoder '
+              f'{(builder.plan["dense_encoder"] or {}).get("type")})', logger='current')
+    if args.merge:
+        stats = {}
+    else:
+        if args.force and shard is not None:
+            sys.exit('--force would delete the chunks of the other shards; remove OUT.build/ '
+                     'by hand to restart a sharded build')
+        # shards share one build dir; every shard may create it, none may reset it
+        builder.prepare(resume=args.resume or shard is not None, force=args.force)
+        stats = builder.encode_chunks(shard or (0, 1))
+        if stats['images']:
+            print_log(f'encoded {stats["images"]} images in {stats["seconds"]:.1f} s '
+                      f'({stats["images"] / max(stats["seconds"], 1e-9):.2f} images/s)',
+                      logger='current')
+        if shard is not None and world == 1:
+            print_log(f'shard {shard[0]}/{shard[1]} done; when all shards are done run: '
+                      f'python tools/build_memory.py {args.config} --merge'
+                      + (f' --out {args.out}' if args.out else ''), logger='current')
+            return None
+        if rank != 0:
+            return None
+        wait_for_chunks(builder)
+    out = builder.merge(stats)
+    print_log(f'memory written to {out}', logger='current')
+    from mmmaps.memory.memory_root import MemoryRoot
+    print_log(MemoryRoot(out, verify=False).summary(), logger='current')
+    return out
+
+
+if __name__ == '__main__':
+    main()
