@@ -18,6 +18,11 @@ def test_config_builds(path):
     register_all_modules()
     cfg = Config.fromfile(path)
     assert cfg.custom_imports == dict(imports=['mmmaps'], allow_failed_imports=False)
+    assert 'model' in cfg or 'memory' in cfg, 'a config builds a model or a memory'
+    if 'memory' in cfg:
+        check_memory_section(cfg.memory)
+    if 'model' not in cfg:
+        return
     model = MODELS.build(cfg.model)
     head = model.panoptic_head
     # the class split of the head must be the dataset's
@@ -30,3 +35,27 @@ def test_config_builds(path):
             meta['stuff_classes']), 'things must come first'
     types = [e['type'] for e in cfg.test_evaluator]
     assert types == ['CocoPanopticMetric', 'CocoMetric', 'PanopticSemSegMetric']
+
+
+MEMORY_BASES = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '_base_', 'memory', '*.py')))
+
+
+def check_memory_section(memory):
+    """Encoders build (random weights instead of the local checkpoints) and fit together."""
+    from mmmaps.memory import build_memory_encoder
+    from mmmaps.memory.faiss_index import normalize_index_cfg
+    assert memory.root and memory.retrieval.k >= 1
+    key = build_memory_encoder(dict(memory.key_encoder, pretrained=None))
+    assert key.kind == 'global'
+    if memory.get('dense_encoder'):
+        dense = build_memory_encoder(dict(memory.dense_encoder, pretrained=None))
+        assert dense.kind == 'dense' and dense.out_channels > 0
+    normalize_index_cfg(memory.index)
+    assert memory.value_dtype in ('float16', 'float32')
+
+
+@pytest.mark.parametrize('path', MEMORY_BASES, ids=lambda p: osp.basename(p))
+def test_memory_base_builds(path):
+    import mmmaps  # noqa: F401
+    cfg = Config.fromfile(path)
+    check_memory_section(cfg.memory)
