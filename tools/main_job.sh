@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# README command 1: set up, generate the synthetic dataset, train the tiny Mask2Former on
-# CPU, test it next to its untrained initialisation, print PQ/AP/mIoU and write a PNG.
+# README command 1: set up, generate the synthetic dataset, build its MAPS memory banks,
+# train the tiny Mask2Former on CPU, test it next to its untrained initialisation, print
+# PQ/AP/mIoU and write a PNG.
 #
 #   bash tools/main_job.sh            (MAX_ITERS=1200 WORK_DIR=work_dirs/main_job by default)
 set -Eeuo pipefail
@@ -18,6 +19,9 @@ source "${MMMAPS_VENV:-${MMMAPS_CACHE:-$HOME/.cache/mmmaps}/venv}/bin/activate"
 echo "==> synthetic dataset"
 python tools/dataset_converters/make_synthetic_panoptic.py --out data/synthetic \
   --num-train 400 --num-val 100 --seed 0 --size 128 128
+
+echo "==> MAPS memory of the train split (scene + object banks, query cache; CLIP ViT-S/16)"
+python tools/build_memory.py configs/memory/memory_tiled-clip_vit-s16_synthetic-panoptic.py
 
 echo "==> untrained reference"
 python tools/misc/init_checkpoint.py "$CONFIG" "$WORK_DIR/untrained/init.pth"

@@ -18,7 +18,6 @@ bank has one value per ground-truth segment, so an image's objects are one slice
 The manifest is JSON, never pickle, and is written last.
 """
 import datetime
-import json
 import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence
@@ -27,16 +26,14 @@ import faiss
 import numpy as np
 
 from .faiss_index import build_index, configure_search, normalize_index_cfg, to_gpu_if_possible
-from .storage import atomic_directory, save_npy, sha256_bytes, sha256_file, write_json
+from .storage import (MANIFEST, MemoryBankError, atomic_directory, check_files, file_records,
+                      read_manifest, save_npy, write_json)
 
 FORMAT_NAME = 'mmmaps-memory-bank'
 FORMAT_VERSION = 1
-MANIFEST = 'manifest.json'
 _VALUE_DTYPES = ('float16', 'float32')
 
-
-class MemoryBankError(RuntimeError):
-    """A bank on disk is missing, incomplete, corrupt or does not fit its user."""
+__all__ = ['BankWriter', 'MemoryBank', 'MemoryBankError', 'MANIFEST']
 
 
 class BankWriter:
@@ -139,10 +136,7 @@ class BankWriter:
             index = build_index(self.index_cfg, keys)
             faiss.write_index(index, osp.join(self.work_dir, 'index.faiss'))
 
-            files = {}
-            for name in sorted(os.listdir(self.work_dir)):
-                path = osp.join(self.work_dir, name)
-                files[name] = dict(bytes=os.path.getsize(path), sha256=sha256_file(path))
+            files = file_records(self.work_dir, os.listdir(self.work_dir))
             manifest = dict(
                 format=FORMAT_NAME,
                 format_version=FORMAT_VERSION,
@@ -229,36 +223,9 @@ class MemoryBank:
             in_memory (bool): Read values into RAM instead of memory-mapping.
         """
         path = osp.abspath(path)
-        manifest_path = osp.join(path, MANIFEST)
-        if not osp.isdir(path):
-            raise MemoryBankError(f'memory bank {path} does not exist; build it with '
-                                  'tools/build_memory.py')
-        if not osp.isfile(manifest_path):
-            raise MemoryBankError(f'{manifest_path} is missing: {path} is not a complete memory '
-                                  'bank (interrupted build?); rebuild it with tools/build_memory.py')
-        with open(manifest_path, 'rb') as f:
-            raw = f.read()
-        try:
-            manifest = json.loads(raw)
-        except ValueError as exc:
-            raise MemoryBankError(f'{manifest_path} is not valid JSON: {exc}') from exc
-        if manifest.get('format') != FORMAT_NAME:
-            raise MemoryBankError(f'{manifest_path}: not a {FORMAT_NAME} manifest')
-        if manifest.get('format_version') != FORMAT_VERSION:
-            raise MemoryBankError(f'{manifest_path}: format version '
-                                  f'{manifest.get("format_version")} is not supported by this '
-                                  f'mmmaps (expects {FORMAT_VERSION}); rebuild the bank')
-        for name, info in manifest['files'].items():
-            file_path = osp.join(path, name)
-            if not osp.isfile(file_path):
-                raise MemoryBankError(f'{file_path} listed in {manifest_path} is missing')
-            size = osp.getsize(file_path)
-            if size != info['bytes']:
-                raise MemoryBankError(f'{file_path} has {size} bytes, the manifest records '
-                                      f'{info["bytes"]} (truncated or modified); rebuild the bank')
-            if verify and sha256_file(file_path) != info['sha256']:
-                raise MemoryBankError(f'{file_path} does not match the sha256 in {manifest_path} '
-                                      '(corrupt or modified); rebuild the bank')
+        manifest, manifest_sha256 = read_manifest(path, FORMAT_NAME, FORMAT_VERSION,
+                                                  'memory bank')
+        check_files(path, manifest, verify)
 
         def npy(name):
             try:
@@ -309,7 +276,7 @@ class MemoryBank:
         on_gpu = False
         if use_gpu:
             index, on_gpu = to_gpu_if_possible(index, index_cfg)
-        return cls(path, index, manifest, sha256_bytes(raw), keys, values, offsets, image_ids,
+        return cls(path, index, manifest, manifest_sha256, keys, values, offsets, image_ids,
                    extras, on_gpu)
 
     # ------------------------------------------------------------------ access

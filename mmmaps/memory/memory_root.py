@@ -5,33 +5,21 @@
     <root>/object/         MemoryBank, one pooled dense value per segment (optional)
     <root>/query_cache/    QueryEmbeddingCache of the split's query keys
 """
-import json
 import os.path as osp
 from typing import Optional
 
-from .bank import MANIFEST, MemoryBank, MemoryBankError
+from .bank import MemoryBank
 from .query_cache import QueryEmbeddingCache
-from .storage import sha256_bytes
+from .storage import read_manifest
 
 FORMAT_NAME = 'mmmaps-memory'
 FORMAT_VERSION = 1
 
 
 def read_root_manifest(root: str) -> dict:
-    path = osp.join(root, MANIFEST)
-    if not osp.isfile(path):
-        raise MemoryBankError(f'{path} is missing: {root} is not a complete memory directory; '
-                              'build it with tools/build_memory.py CONFIG')
-    with open(path, 'rb') as f:
-        raw = f.read()
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise MemoryBankError(f'{path} is not valid JSON: {exc}') from exc
-    if manifest.get('format') != FORMAT_NAME or manifest.get('format_version') != FORMAT_VERSION:
-        raise MemoryBankError(f'{path}: not a {FORMAT_NAME} v{FORMAT_VERSION} manifest; rebuild '
-                              'the memory with this version of tools/build_memory.py')
-    manifest['_sha256'] = sha256_bytes(raw)
+    """The root manifest, with its sha256 under ``'_sha256'``."""
+    manifest, sha = read_manifest(root, FORMAT_NAME, FORMAT_VERSION, 'memory directory')
+    manifest['_sha256'] = sha
     return manifest
 
 

@@ -4,15 +4,15 @@ Directory layout: ``manifest.json`` (format, encoder, dims, checksums),
 ``embeddings.npy`` (N, D) float32 and ``image_ids.npy`` (N,) int64.
 """
 import datetime
-import json
+import os
 import os.path as osp
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from .bank import MANIFEST, MemoryBankError
-from .storage import atomic_directory, save_npy, sha256_bytes, sha256_file, write_json
+from .storage import (MANIFEST, atomic_directory, check_files, file_records, read_manifest,
+                      save_npy, write_json)
 
 FORMAT_NAME = 'mmmaps-query-cache'
 FORMAT_VERSION = 1
@@ -46,13 +46,10 @@ class QueryEmbeddingCache:
                              'do not match')
 
         def _write(folder):
-            import os
             os.makedirs(folder, exist_ok=True)
             save_npy(osp.join(folder, 'embeddings.npy'), embeddings)
             save_npy(osp.join(folder, 'image_ids.npy'), image_ids)
-            files = {name: dict(bytes=osp.getsize(osp.join(folder, name)),
-                                sha256=sha256_file(osp.join(folder, name)))
-                     for name in ('embeddings.npy', 'image_ids.npy')}
+            files = file_records(folder, ('embeddings.npy', 'image_ids.npy'))
             manifest = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION,
                             created=datetime.datetime.now().isoformat(timespec='seconds'),
                             num_entries=int(len(image_ids)), dim=int(embeddings.shape[1]),
@@ -69,27 +66,12 @@ class QueryEmbeddingCache:
 
     @classmethod
     def load(cls, path: str, verify: bool = True) -> 'QueryEmbeddingCache':
-        manifest_path = osp.join(path, MANIFEST)
-        if not osp.isfile(manifest_path):
-            raise MemoryBankError(f'{manifest_path} is missing: {path} is not a complete query '
-                                  'embedding cache; rebuild it with tools/build_memory.py')
-        with open(manifest_path, 'rb') as f:
-            raw = f.read()
-        manifest = json.loads(raw)
-        if manifest.get('format') != FORMAT_NAME or \
-                manifest.get('format_version') != FORMAT_VERSION:
-            raise MemoryBankError(f'{manifest_path}: not a {FORMAT_NAME} v{FORMAT_VERSION} '
-                                  'manifest')
-        for name, info in manifest['files'].items():
-            file_path = osp.join(path, name)
-            if not osp.isfile(file_path) or osp.getsize(file_path) != info['bytes']:
-                raise MemoryBankError(f'{file_path} is missing or has the wrong size '
-                                      f'(expected {info["bytes"]} bytes)')
-            if verify and sha256_file(file_path) != info['sha256']:
-                raise MemoryBankError(f'{file_path} does not match the sha256 in {manifest_path}')
+        manifest, manifest_sha256 = read_manifest(path, FORMAT_NAME, FORMAT_VERSION,
+                                                  'query embedding cache')
+        check_files(path, manifest, verify)
         embeddings = np.load(osp.join(path, 'embeddings.npy'), allow_pickle=False)
         image_ids = np.load(osp.join(path, 'image_ids.npy'), allow_pickle=False)
-        return cls(osp.abspath(path), embeddings, image_ids, manifest, sha256_bytes(raw))
+        return cls(osp.abspath(path), embeddings, image_ids, manifest, manifest_sha256)
 
     def __len__(self) -> int:
         return len(self.image_ids)

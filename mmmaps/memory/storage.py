@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 _CHUNK = 1 << 22
+MANIFEST = 'manifest.json'
 
 
 def _umask() -> int:
@@ -42,13 +43,18 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_json(path: str, obj: dict) -> None:
-    """Write JSON through a temporary file in the same folder, then rename."""
+class MemoryBankError(RuntimeError):
+    """A memory on disk is missing, incomplete, corrupt or does not fit its user."""
+
+
+@contextmanager
+def _atomic_file(path: str, binary: bool) -> Iterator:
+    """An open temporary file beside ``path``, renamed to ``path`` when the block succeeds."""
     folder = osp.dirname(osp.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', dir=folder)
     try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=1)
+        with os.fdopen(fd, 'wb' if binary else 'w') as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         _publish_mode(tmp)
@@ -59,19 +65,62 @@ def write_json(path: str, obj: dict) -> None:
         raise
 
 
+def write_json(path: str, obj: dict) -> None:
+    """Write JSON through a temporary file in the same folder, then rename."""
+    with _atomic_file(path, binary=False) as f:
+        json.dump(obj, f, indent=1)
+
+
 def save_npy(path: str, array: np.ndarray) -> None:
     """``np.save`` through a temporary file, then rename (never pickles)."""
-    folder = osp.dirname(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.npy', dir=folder)
+    with _atomic_file(path, binary=True) as f:
+        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def file_records(folder: str, names) -> dict:
+    """``{name: {bytes, sha256}}`` of files in ``folder``, for a manifest."""
+    return {name: dict(bytes=osp.getsize(osp.join(folder, name)),
+                       sha256=sha256_file(osp.join(folder, name))) for name in sorted(names)}
+
+
+def read_manifest(folder: str, format_name: str, format_version: int, what: str):
+    """Parse and check ``folder/manifest.json``; returns ``(manifest, its sha256)``."""
+    path = osp.join(folder, MANIFEST)
+    if not osp.isdir(folder):
+        raise MemoryBankError(f'{what} {folder} does not exist; build it with '
+                              'tools/build_memory.py CONFIG')
+    if not osp.isfile(path):
+        raise MemoryBankError(f'{path} is missing: {folder} is not a complete {what} '
+                              '(interrupted build?); rebuild it with tools/build_memory.py')
+    with open(path, 'rb') as f:
+        raw = f.read()
     try:
-        with os.fdopen(fd, 'wb') as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        _publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise MemoryBankError(f'{path} is not valid JSON: {exc}') from exc
+    if manifest.get('format') != format_name:
+        raise MemoryBankError(f'{path}: not a {format_name} manifest')
+    if manifest.get('format_version') != format_version:
+        raise MemoryBankError(f'{path}: format version {manifest.get("format_version")} is not '
+                              f'supported by this mmmaps (expects {format_version}); rebuild it '
+                              'with tools/build_memory.py')
+    return manifest, sha256_bytes(raw)
+
+
+def check_files(folder: str, manifest: dict, verify: bool) -> None:
+    """Every file the manifest lists exists with its size (and sha256 when ``verify``)."""
+    manifest_path = osp.join(folder, MANIFEST)
+    for name, info in manifest['files'].items():
+        path = osp.join(folder, name)
+        if not osp.isfile(path):
+            raise MemoryBankError(f'{path} listed in {manifest_path} is missing')
+        size = osp.getsize(path)
+        if size != info['bytes']:
+            raise MemoryBankError(f'{path} has {size} bytes, the manifest records '
+                                  f'{info["bytes"]} (truncated or modified); rebuild it')
+        if verify and sha256_file(path) != info['sha256']:
+            raise MemoryBankError(f'{path} does not match the sha256 in {manifest_path} '
+                                  '(corrupt or modified); rebuild it')
 
 
 def replace_dir(src: str, dst: str) -> None:

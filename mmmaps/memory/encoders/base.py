@@ -227,6 +227,11 @@ class DenseMemoryEncoder(BaseMemoryEncoder):
     def _empty(self) -> List[Tensor]:
         return []
 
+    def _whole_image_batch(self, images: List[Tensor], side: int) -> Tensor:
+        """(B, 3, side, side): each whole image resized (no crop, so the grid covers it)."""
+        return torch.stack([self.normalize_pixels(resize_image(image, (side, side)))
+                            for image in images]).to(self._dtype)
+
     def _finish(self, feature_map: Tensor) -> Tensor:
         feature_map = feature_map.float()
         return F.normalize(feature_map, dim=0) if self.normalize else feature_map

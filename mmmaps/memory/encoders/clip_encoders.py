@@ -207,10 +207,8 @@ class CLIPImageDenseEncoder(_CLIPTower, DenseMemoryEncoder):
         return side, side
 
     def _encode(self, images: List[Tensor]) -> List[Tensor]:
-        size = (self.image_size, self.image_size)
-        batch = torch.stack([self.normalize_pixels(resize_image(image, size))
-                             for image in images]).to(self._dtype)
-        maps = _patch_grid(clip_tokens(self.visual, batch), self.output_size(*size))
+        batch = self._whole_image_batch(images, self.image_size)
+        maps = _patch_grid(clip_tokens(self.visual, batch), self.output_size(*batch.shape[2:]))
         return [self._finish(feature_map) for feature_map in maps]
 
     def _geometry(self) -> Dict:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from mmdet.registry import MODELS
-from .base import DenseMemoryEncoder, GlobalMemoryEncoder, resize_center_crop, resize_image
+from .base import DenseMemoryEncoder, GlobalMemoryEncoder, resize_center_crop
 from .weights import (DINO_WEIGHTS_HINT, IMAGENET_MEAN, IMAGENET_STD, load_timm_vit,
                       resolve_checkpoint)
 
@@ -99,11 +99,9 @@ class DINODenseEncoder(_DINOTower, DenseMemoryEncoder):
         return side, side
 
     def _encode(self, images: List[Tensor]) -> List[Tensor]:
-        size = (self.image_size, self.image_size)
-        batch = torch.stack([self.normalize_pixels(resize_image(image, size))
-                             for image in images]).to(self._dtype)
+        batch = self._whole_image_batch(images, self.image_size)
         tokens = self.vit.forward_features(batch)[:, self.vit.num_prefix_tokens:]
-        grid = self.output_size(*size)
+        grid = self.output_size(*batch.shape[2:])
         maps = tokens.reshape(len(images), grid[0], grid[1], -1).permute(0, 3, 1, 2)
         return [self._finish(feature_map) for feature_map in maps]
 
