@@ -9,6 +9,6 @@ from .version import __version__
 
 check_openmmlab_versions()
 
-from . import datasets, engine, evaluation, memory  # noqa: E402,F401  (registration)
+from . import datasets, engine, evaluation, memory, models  # noqa: E402,F401  (registration)
 
 __all__ = ['__version__']

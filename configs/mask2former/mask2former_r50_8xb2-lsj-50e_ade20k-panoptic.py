@@ -1,6 +1,6 @@
 # Mask2Former R50 on ADE20K panoptic (150 classes: 100 things, 50 stuff), Mask2Former's
-# ADE20K recipe: 640 crops, batch 16, 160k iterations, poly LR. MAPS paper Table 2
-# (Mask2Former row: PQ 39.7, AP 26.5, mIoU 46.1) and Table 4 (PQ 39.1, AP 26.2, mIoU 45.3).
+# ADE20K recipe: 640 crops, batch 16, 160k iterations, poly LR ("50e" kept from mmdet's name).
+# MAPS paper Tables 2 and 4, Mask2Former† row: PQ 39.1, AP 26.2, mIoU 45.3.
 # Data: tools/dataset_converters (see data/README.md) -> data/ADEChallengeData2016/.
 _base_ = './mask2former_r50_8xb2-lsj-50e_coco-panoptic.py'
 

@@ -89,9 +89,11 @@ class MemoryRetriever:
         return self.scene_bank.key_dim
 
     def _select(self, bank: MemoryBank, queries: np.ndarray, image_ids, k: int,
-                sample: bool):
-        """Rows (B, k) of ``bank`` (-1 = none) and their scores."""
-        pool = self.random_sampling if sample else k
+                sample_from: Optional[int]):
+        """Rows (B, k) of ``bank`` (-1 = none) and their scores; with ``sample_from``
+        = k', k rows drawn uniformly from the top-k'."""
+        sample = sample_from is not None
+        pool = sample_from if sample else k
         drop_self = self.exclude_self and image_ids is not None
         scores, rows = bank.search(queries, pool + int(drop_self))
         out_rows = np.full((len(queries), k), -1, np.int64)
@@ -111,7 +113,8 @@ class MemoryRetriever:
 
     def query(self, keys: torch.Tensor, image_ids: Optional[Sequence[int]] = None,
               k: Optional[int] = None, training: bool = False,
-              with_objects: bool = True) -> RetrievalResult:
+              with_objects: bool = True,
+              random_sampling: Optional[int] = None) -> RetrievalResult:
         """Retrieve memory for a batch.
 
         Args:
@@ -121,6 +124,8 @@ class MemoryRetriever:
             k (int, optional): Overrides the configured k.
             training (bool): Enables random sampling when configured.
             with_objects (bool): Also gather the object memory.
+            random_sampling (int, optional): k' for this call (overrides the
+                configured one; used only when ``training``).
 
         Returns:
             RetrievalResult: tensors on ``keys.device``.
@@ -132,8 +137,10 @@ class MemoryRetriever:
             raise ValueError(f'{len(image_ids)} image ids for {len(keys)} query keys')
         device = keys.device
         queries = keys.detach().float().cpu().numpy()
-        sample = training and self.random_sampling is not None
-        rows, scores = self._select(self.scene_bank, queries, image_ids, k, sample)
+        sample_from = (random_sampling or self.random_sampling) if training else None
+        if sample_from is not None and sample_from <= k:
+            raise ValueError(f'random sampling needs k\' > k, got k\'={sample_from}, k={k}')
+        rows, scores = self._select(self.scene_bank, queries, image_ids, k, sample_from)
         scene = self._gather_scene(rows)
         result = RetrievalResult(
             scene_values=torch.from_numpy(scene).to(device),

@@ -170,6 +170,15 @@ def test_random_sampling_draws_from_top_k_prime(tmp_path):
     # deterministic top-k at test time
     res = retriever.query(q, image_ids=bank.image_ids[:4], training=False)
     assert res.image_ids.tolist() == top.image_ids[:, :3].tolist()
+    # a per-call k' (the head's random_sampling) overrides the configured one
+    plain = MemoryRetriever(bank, k=3, exclude_self=True, seed=0)
+    assert plain.query(q, image_ids=bank.image_ids[:4], training=True).image_ids.tolist() == \
+        top.image_ids[:, :3].tolist()
+    sampled = {tuple(plain.query(q, image_ids=bank.image_ids[:4], training=True,
+                                 random_sampling=10).image_ids[0].tolist()) for _ in range(20)}
+    assert len(sampled) > 1 and all(set(s) <= set(top.image_ids[0].tolist()) for s in sampled)
+    with pytest.raises(ValueError, match="k'"):
+        plain.query(q, training=True, random_sampling=3)
 
 
 def test_interrupted_write_leaves_nothing(tmp_path):

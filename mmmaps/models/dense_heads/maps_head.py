@@ -1,0 +1,181 @@
+"""Mask2Former head whose decoder reads scene and object memory (MAPS section 3.3)."""
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+from mmengine.logging import print_log
+from torch import Tensor
+
+from mmdet.models.dense_heads import Mask2FormerHead
+from mmdet.registry import MODELS
+
+from ..layers import MAPSTransformerDecoder
+
+
+@dataclass
+class MemoryInputs:
+    """Retrieved memory of a batch (padding masks: True = padded slot).
+
+    Attributes:
+        scene (Tensor | None): (B, K_s, C_s) scene values.
+        scene_mask (Tensor | None): (B, K_s) bool.
+        objects (Tensor | None): (B, K_o, C_o) object values.
+        object_mask (Tensor | None): (B, K_o) bool.
+        query_keys (Tensor | None): (B, C_s) the images' own CLS embeddings (Aug-CLS).
+    """
+    scene: Optional[Tensor] = None
+    scene_mask: Optional[Tensor] = None
+    objects: Optional[Tensor] = None
+    object_mask: Optional[Tensor] = None
+    query_keys: Optional[Tensor] = None
+
+
+@MODELS.register_module()
+class MAPSMask2FormerHead(Mask2FormerHead):
+    """Mask2FormerHead with memory cross-attention (Eq. 1) in chosen decoder layers.
+
+    By default (9 layers) layers 0-2 attend to the scene memory, 3-5 to the object
+    memory and 6-8 are plain Mask2Former layers (MAPS section 3.3).
+
+    Args:
+        scene_layers (Sequence[int]): Decoder layers reading the scene memory.
+        object_layers (Sequence[int]): Decoder layers reading the object memory.
+        scene_memory_dims (int): C_s of the scene values (CLIP ViT-B/16: 512).
+        object_memory_dims (int): C_o of the object values.
+        memory_num_heads (int): Heads of the memory attention (1 = Eq. 1).
+        num_retrievals (int): k images retrieved per query image (Table 8).
+        random_sampling (int, optional): k' > k; in training sample k of the top-k'
+            (Table 5 "Random-Sampling").
+        use_scene_memory (bool): Forward-pass switch (Table 7).
+        use_object_memory (bool): Forward-pass switch (Table 7).
+        swap_memory (bool): Scene layers read the object memory and vice versa
+            (Table 5 "Swapped").
+        input_masking (float): Probability of masking each retrieved item, drawn
+            once per forward pass and shared by all layers (Table 5).
+        layer_masking (float): Same, drawn independently for every layer (Table 5).
+        aug_cls (bool): Append the image's own CLS embedding to the scene memory
+            ("MAPS-Aug-CLS").
+        augment_at_test (bool): Keep masking at test time (off by default).
+        extra_self_attn_layers (Sequence[int]): Layers with an extra Eq.-1-style
+            attention over the queries themselves, no memory (Table 4
+            "Mask2Former (6)/(9)").
+        **kwargs: Mask2FormerHead arguments.
+    """
+
+    def __init__(self, *args, scene_layers: Sequence[int] = (0, 1, 2),
+                 object_layers: Sequence[int] = (3, 4, 5), scene_memory_dims: int = 512,
+                 object_memory_dims: int = 512, memory_num_heads: int = 1,
+                 num_retrievals: int = 5, random_sampling: Optional[int] = None,
+                 use_scene_memory: bool = True, use_object_memory: bool = True,
+                 swap_memory: bool = False, input_masking: float = 0.0,
+                 layer_masking: float = 0.0, aug_cls: bool = False,
+                 augment_at_test: bool = False, extra_self_attn_layers: Sequence[int] = (),
+                 transformer_decoder=None, **kwargs):
+        super().__init__(*args, transformer_decoder=transformer_decoder, **kwargs)
+        num_layers = self.num_transformer_decoder_layers
+        scene_layers, object_layers = list(scene_layers), list(object_layers)
+        for name, layers in (('scene_layers', scene_layers), ('object_layers', object_layers),
+                             ('extra_self_attn_layers', extra_self_attn_layers)):
+            bad = [i for i in layers if not 0 <= i < num_layers]
+            if bad:
+                raise ValueError(f'{name} {bad} outside the {num_layers} decoder layers')
+        taken = scene_layers + object_layers + list(extra_self_attn_layers)
+        if len(set(taken)) != len(taken):
+            raise ValueError('scene_layers, object_layers and extra_self_attn_layers overlap: '
+                             f'{scene_layers}, {object_layers}, {list(extra_self_attn_layers)}')
+        for name, p in (('input_masking', input_masking), ('layer_masking', layer_masking)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f'{name} must be in [0, 1), got {p}')
+        if random_sampling is not None and random_sampling <= num_retrievals:
+            raise ValueError(f'random_sampling (k\'={random_sampling}) must exceed '
+                             f'num_retrievals (k={num_retrievals})')
+        self.scene_layers, self.object_layers = scene_layers, object_layers
+        self.scene_memory_dims, self.object_memory_dims = scene_memory_dims, object_memory_dims
+        self.num_retrievals = num_retrievals
+        self.random_sampling = random_sampling
+        self.use_scene_memory, self.use_object_memory = use_scene_memory, use_object_memory
+        self.swap_memory = swap_memory
+        self.input_masking, self.layer_masking = input_masking, layer_masking
+        self.aug_cls = aug_cls
+        self.augment_at_test = augment_at_test
+        # which memory each layer reads
+        self.layer_sources = [None] * num_layers
+        for i in scene_layers:
+            self.layer_sources[i] = 'object' if swap_memory else 'scene'
+        for i in object_layers:
+            self.layer_sources[i] = 'scene' if swap_memory else 'object'
+        dims = dict(scene=scene_memory_dims, object=object_memory_dims)
+        baseline_params = sum(p.numel() for p in self.transformer_decoder.parameters())
+        self.transformer_decoder = MAPSTransformerDecoder(
+            memory_dims_per_layer=[dims.get(s) for s in self.layer_sources],
+            extra_self_attn_layers=extra_self_attn_layers, memory_num_heads=memory_num_heads,
+            **transformer_decoder)
+        self.extra_params = (sum(p.numel() for p in self.transformer_decoder.parameters())
+                             - baseline_params)
+        print_log(f'MAPSMask2FormerHead: memory layers {self.layer_sources}, extra attention '
+                  f'layers {list(extra_self_attn_layers)}: {self.extra_params:,} parameters '
+                  'over Mask2Former', logger='current')
+
+    @property
+    def reads_scene(self) -> bool:
+        return self.use_scene_memory and 'scene' in self.layer_sources
+
+    @property
+    def reads_objects(self) -> bool:
+        return self.use_object_memory and 'object' in self.layer_sources
+
+    @property
+    def needs_memory(self) -> bool:
+        return self.reads_scene or self.reads_objects
+
+    def _drop(self, mask: Tensor, p: float) -> Tensor:
+        """Add random masking with probability p to a padding mask."""
+        if p <= 0:
+            return mask
+        return mask | (torch.rand(mask.shape, device=mask.device) < p)
+
+    def _memory_per_layer(self, memory: Optional[MemoryInputs]):
+        if memory is None:
+            return [None] * len(self.layer_sources)
+        augment = self.training or self.augment_at_test
+        sources = {}
+        if self.use_scene_memory and memory.scene is not None:
+            scene, mask = memory.scene, memory.scene_mask
+            if mask is None:
+                mask = scene.new_zeros(scene.shape[:2], dtype=torch.bool)
+            if self.aug_cls:
+                if memory.query_keys is None:
+                    raise ValueError('aug_cls needs the query keys in MemoryInputs')
+                scene = torch.cat([scene, memory.query_keys[:, None].to(scene)], dim=1)
+                mask = torch.cat([mask, mask.new_zeros((len(mask), 1))], dim=1)
+            sources['scene'] = (scene, mask)
+        if self.use_object_memory and memory.objects is not None:
+            objects, mask = memory.objects, memory.object_mask
+            if mask is None:
+                mask = objects.new_zeros(objects.shape[:2], dtype=torch.bool)
+            sources['object'] = (objects, mask)
+        if augment and self.input_masking > 0:
+            sources = {k: (v, self._drop(m, self.input_masking)) for k, (v, m) in sources.items()}
+        per_layer = []
+        for source in self.layer_sources:
+            if source is None or source not in sources:
+                per_layer.append(None)
+                continue
+            values, mask = sources[source]
+            if augment and self.layer_masking > 0:
+                mask = self._drop(mask, self.layer_masking)
+            per_layer.append((values, mask))
+        return per_layer
+
+    @contextlib.contextmanager
+    def memory(self, memory: Optional[MemoryInputs]) -> Iterator[None]:
+        """Within the block the decoder layers attend to ``memory``."""
+        layers = self.transformer_decoder.layers
+        for layer, item in zip(layers, self._memory_per_layer(memory)):
+            layer.set_memory(item)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.set_memory(None)

@@ -1,0 +1,3 @@
+from .maps import MAPS
+
+__all__ = ['MAPS']
