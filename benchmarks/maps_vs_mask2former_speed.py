@@ -25,6 +25,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 from mmengine.config import Config  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
+from mmengine.runner import load_checkpoint  # noqa: E402
 
 from mmdet.registry import DATASETS, HOOKS, MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
@@ -34,16 +35,20 @@ from mmmaps.memory import MemoryRoot  # noqa: E402
 from mmmaps.memory.builder import MemoryBuilder  # noqa: E402
 
 
-def timed(fn, reps, sync):
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        sync()
-        start = time.perf_counter()
+def timed_interleaved(fns, reps, sync):
+    """Median seconds of each function, run in turn every repetition so that drift in
+    the machine's speed (other processes, thermal) hits all of them alike."""
+    for fn in fns:  # warm-up
         fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, bucket in zip(fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def main():
@@ -52,8 +57,10 @@ def main():
         REPO, 'configs/maps/maps_r18_synthetic-panoptic.py'))
     parser.add_argument('--baseline', default=osp.join(
         REPO, 'configs/mask2former/mask2former_r18_synthetic-panoptic.py'))
+    parser.add_argument('--baseline-ckpt', help='trained baseline weights (optional)')
+    parser.add_argument('--maps-ckpt', help='trained MAPS weights (optional)')
     parser.add_argument('--batch', type=int, default=4)
-    parser.add_argument('--reps', type=int, default=10)
+    parser.add_argument('--reps', type=int, default=20)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args()
     sync = torch.cuda.synchronize if args.device.startswith('cuda') else (lambda: None)
@@ -77,6 +84,14 @@ def main():
         baseline = MODELS.build(base_cfg.model).to(args.device)
         torch.manual_seed(0)
         maps = MODELS.build(maps_cfg.model).to(args.device)
+        if args.baseline_ckpt:
+            load_checkpoint(baseline, args.baseline_ckpt, map_location=args.device)
+        if args.maps_ckpt:
+            load_checkpoint(maps, args.maps_ckpt, map_location=args.device)
+        else:
+            # same weights where the architectures agree, so both make the same kind of
+            # predictions and post-processing costs the same
+            maps.load_state_dict(baseline.state_dict(), strict=False)
         HOOKS.build(dict(type='MemoryHook')).before_run(
             SimpleNamespace(cfg=maps_cfg, model=maps, logger=logging.getLogger('bench')))
         val_cache = MemoryRoot(maps_cfg.memory.root + '_val').query_cache
@@ -98,21 +113,22 @@ def main():
             with torch.no_grad():
                 model.test_step(val_batch)
 
+        def with_caches(step, train, val):
+            def run():
+                maps.memory.query_cache, maps.eval_query_cache = train, val
+                step(maps)
+            return run
+
         rows = []
-        t_base = timed(lambda: train_step(baseline), args.reps, sync)
-        maps.memory.query_cache = train_cache
-        t_cached = timed(lambda: train_step(maps), args.reps, sync)
-        maps.memory.query_cache = None
-        t_encoded = timed(lambda: train_step(maps), args.reps, sync)
-        maps.memory.query_cache = train_cache
+        t_base, t_cached, t_encoded = timed_interleaved(
+            [lambda: train_step(baseline), with_caches(train_step, train_cache, None),
+             with_caches(train_step, None, None)], args.reps, sync)
         rows += [('train step', 'Mask2Former', t_base, 1.0),
                  ('train step', 'MAPS, cached query keys', t_cached, t_cached / t_base),
                  ('train step', 'MAPS, CLIP on the fly', t_encoded, t_encoded / t_base)]
-        i_base = timed(lambda: test_step(baseline), args.reps, sync)
-        maps.eval_query_cache = val_cache
-        i_cached = timed(lambda: test_step(maps), args.reps, sync)
-        maps.eval_query_cache = None
-        i_encoded = timed(lambda: test_step(maps), args.reps, sync)
+        i_base, i_cached, i_encoded = timed_interleaved(
+            [lambda: test_step(baseline), with_caches(test_step, train_cache, val_cache),
+             with_caches(test_step, train_cache, None)], args.reps, sync)
         rows += [('inference', 'Mask2Former', i_base, 1.0),
                  ('inference', 'MAPS, cached query keys', i_cached, i_cached / i_base),
                  ('inference', 'MAPS, CLIP on the fly', i_encoded, i_encoded / i_base)]
