@@ -9,7 +9,6 @@ import json
 import os
 import os.path as osp
 
-from mmengine.config import DictAction
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -18,7 +17,7 @@ from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 
 from mmmaps.evaluation import format_summary_table, panoptic_summary
-from mmmaps.utils.tool_utils import load_tool_config, set_local_rank_env
+from mmmaps.utils.tool_utils import load_tool_config, parse_launch_args
 
 
 def parse_args(argv=None):
@@ -31,31 +30,49 @@ def parse_args(argv=None):
         '--panoptic-out', metavar='PREFIX',
         help='also save panoptic predictions in COCO format: PREFIX.panoptic.json and '
         'PREFIX.panoptic/*.png (readable by panopticapi)')
+    parser.add_argument(
+        '--per-class', action='store_true',
+        help='per-class PQ/SQ/RQ: print the class table of every panoptic evaluator and '
+        'write CLASS_PQ/_SQ/_RQ to metrics.json (CocoPanopticMetric becomes '
+        'FastCocoPanopticMetric, whose default backend computes the same numbers)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir',
                         help='save painted predictions to WORK_DIR/TIMESTAMP/SHOW_DIR')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, xxx=yyy format')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    set_local_rank_env(args.local_rank)
-    return args
+    return parse_launch_args(parser, argv)
+
+
+PANOPTIC_METRICS = ('CocoPanopticMetric', 'FastCocoPanopticMetric')
+
+
+def _panoptic_evaluators(cfg, flag: str) -> list:
+    """The PQ evaluators of ``cfg.test_evaluator`` (error naming ``flag`` if none)."""
+    evaluators = cfg.test_evaluator
+    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
+    found = [e for e in evaluators
+             if str(e.get('type')).rpartition('.')[2] in PANOPTIC_METRICS]
+    if not found:
+        raise ValueError(f'{flag} needs a CocoPanopticMetric in test_evaluator')
+    return found
 
 
 def _set_panoptic_outfile_prefix(cfg, prefix: str) -> None:
-    evaluators = cfg.test_evaluator
-    evaluators = evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]
-    found = False
-    for evaluator in evaluators:
-        if evaluator.get('type') == 'CocoPanopticMetric':
-            evaluator['outfile_prefix'] = prefix
-            found = True
-    if not found:
-        raise ValueError('--panoptic-out needs a CocoPanopticMetric in test_evaluator')
+    for evaluator in _panoptic_evaluators(cfg, '--panoptic-out'):
+        evaluator['outfile_prefix'] = prefix
     os.makedirs(osp.dirname(osp.abspath(prefix)), exist_ok=True)
+
+
+def _set_panoptic_classwise(cfg) -> None:
+    """``--per-class``: ``classwise=True`` on every panoptic evaluator.
+
+    mmdet's CocoPanopticMetric only prints its class table; FastCocoPanopticMetric
+    (backend 'mmdet', the same computation) also returns the numbers, so the
+    former is replaced by the latter.
+    """
+    for evaluator in _panoptic_evaluators(cfg, '--per-class'):
+        scope = str(evaluator.get('type')).rpartition('.')[0]
+        evaluator['type'] = (scope + '.' if scope else '') + 'FastCocoPanopticMetric'
+        evaluator['classwise'] = True
 
 
 def main(argv=None):
@@ -68,6 +85,8 @@ def main(argv=None):
         cfg = trigger_visualization_hook(cfg, args)
     if args.panoptic_out:
         _set_panoptic_outfile_prefix(cfg, args.panoptic_out)
+    if args.per_class:
+        _set_panoptic_classwise(cfg)
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out is not None:

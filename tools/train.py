@@ -1,11 +1,10 @@
 """Train a model (mmdet conventions): ``python tools/train.py CONFIG [--work-dir DIR]``."""
 import argparse
 
-from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmmaps.utils.tool_utils import load_tool_config, set_local_rank_env
+from mmmaps.utils.tool_utils import load_tool_config, parse_launch_args
 
 
 def parse_args(argv=None):
@@ -20,14 +19,7 @@ def parse_args(argv=None):
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint, or from the latest one in the work dir if no path '
         'is given')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, xxx=yyy format')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    set_local_rank_env(args.local_rank)
-    return args
+    return parse_launch_args(parser, argv)
 
 
 def main(argv=None):

@@ -1,3 +1,4 @@
+from . import transforms  # noqa: F401  (registers ImageCorruption)
 from .synthetic_panoptic import (CLASSES, STUFF_CLASSES, SYNTHETIC_METAINFO, THING_CLASSES,
                                  generate_synthetic_panoptic)
 

@@ -78,6 +78,20 @@ def init_cpu_process_group() -> None:
         torch_dist.init_process_group(backend='gloo')
 
 
+def parse_launch_args(parser, argv=None):
+    """Add the options every runner tool shares (``--cfg-options``, ``--launcher``,
+    ``--local-rank``), parse, and export LOCAL_RANK for torch.distributed."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, xxx=yyy format')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    set_local_rank_env(args.local_rank)
+    return args
+
+
 def set_local_rank_env(local_rank: int) -> None:
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(local_rank)

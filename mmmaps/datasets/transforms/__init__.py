@@ -1,0 +1,3 @@
+from .corruption import ImageCorruption, corruption_names
+
+__all__ = ['ImageCorruption', 'corruption_names']

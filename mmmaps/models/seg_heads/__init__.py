@@ -1,0 +1,3 @@
+from .mask_wise_merging_head import MaskWiseMergingFusionHead
+
+__all__ = ['MaskWiseMergingFusionHead']

@@ -1,0 +1,239 @@
+"""Mask-wise merging post-processing (Panoptic SegFormer section 3.5, Algorithm 1)."""
+from typing import Dict, List, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.structures import InstanceData, PixelData
+from torch import Tensor
+
+from mmdet.evaluation.functional import INSTANCE_OFFSET
+from mmdet.models.seg_heads.panoptic_fusion_heads import MaskFormerFusionHead
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.structures.mask import mask2bbox
+
+Threshold = Union[float, Dict[str, float]]
+_MERGES = ('mask_wise', 'pixel_argmax', 'pixel_argmax_prob')
+
+
+@MODELS.register_module()
+class MaskWiseMergingFusionHead(MaskFormerFusionHead):
+    """Turns per-query class scores and masks into panoptic, instance and semantic results.
+
+    ``test_cfg.merge`` selects the panoptic post-processing:
+
+    - ``'mask_wise'`` (default, PSF Algorithm 1): each query's confidence is
+      ``s_i = p_i^alpha * mean(m_i[m_i > 0.5])^beta``; queries with ``s_i < t_cnf``
+      are dropped; in decreasing ``s_i`` order each binary mask ``m_i > 0.5`` paints
+      the pixels no earlier mask painted, and is dropped (paints nothing) when
+      that kept part is less than ``t_keep`` of its area. Things get unique
+      instance ids, all stuff pixels of one class form one segment.
+    - ``'pixel_argmax'`` ("(p)"): every pixel goes to the kept query with the
+      largest mask probability.
+    - ``'pixel_argmax_prob'`` ("(p*)"): mmdet's MaskFormer post-processing (class
+      probability times mask probability, then argmax).
+
+    Args (``test_cfg``):
+        merge (str): One of the above.
+        alpha, beta (float): Exponents of the class and mask scores (1, 2).
+        t_cnf (float | dict): Confidence threshold (0.25), or
+            ``dict(thing=..., stuff=...)``.
+        t_keep (float | dict): Kept-fraction threshold (0.6), same forms.
+        mask_thr (float): Binarisation threshold of mask probabilities (0.5).
+        cls_activation (str): ``'softmax'`` (last column is "no object", as in
+            Mask2Former/MAPS) or ``'sigmoid'`` (one column per class, as in
+            Panoptic SegFormer).
+        max_per_image (int): Instances kept for instance results (100).
+        panoptic_on, instance_on, semantic_on (bool): Which results to return;
+            the semantic map (void = 255) is derived from the panoptic one.
+            mmdet's MaskFormer detectors refuse ``sem_results``; with them the
+            mIoU comes from ``PanopticSemSegMetric`` on the same panoptic map.
+
+    Shapes: ``mask_cls`` (Q, C + 1) or (Q, C), ``mask_pred`` (Q, H, W) logits.
+    The panoptic map uses mmdet's encoding ``class + instance * INSTANCE_OFFSET``
+    with ``num_classes`` for void. Runs on CPU and GPU, with zero queries or
+    empty masks; the only loop is over queries (no per-pixel Python, no host
+    synchronisation inside it).
+    """
+
+    # ------------------------------------------------------------------ scores
+    def _cfg(self, key, default):
+        return (self.test_cfg or {}).get(key, default)
+
+    def class_probs(self, mask_cls: Tensor) -> Tensor:
+        """(Q, num_classes) class probabilities without the no-object column."""
+        activation = self._cfg('cls_activation', 'softmax')
+        if activation == 'softmax':
+            if mask_cls.shape[-1] != self.num_classes + 1:
+                raise ValueError(f'softmax scores need {self.num_classes + 1} columns (classes '
+                                 f'+ no-object), got {mask_cls.shape[-1]}')
+            return F.softmax(mask_cls, dim=-1)[:, :-1]
+        if activation == 'sigmoid':
+            if mask_cls.shape[-1] != self.num_classes:
+                raise ValueError(f'sigmoid scores need {self.num_classes} columns, got '
+                                 f'{mask_cls.shape[-1]}')
+            return mask_cls.sigmoid()
+        raise ValueError(f"cls_activation must be 'softmax' or 'sigmoid', got {activation!r}")
+
+    def _per_class(self, value: Threshold, labels: Tensor) -> Tensor:
+        if isinstance(value, dict):
+            thing = torch.as_tensor(float(value['thing']), device=labels.device)
+            stuff = torch.as_tensor(float(value['stuff']), device=labels.device)
+            return torch.where(labels < self.num_things_classes, thing, stuff)
+        return torch.full(labels.shape, float(value), device=labels.device)
+
+    def confidence(self, mask_cls: Tensor, mask_prob: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(scores s_i, labels c_i)`` of every query (Eq. 6 of PSF)."""
+        probs, labels = self.class_probs(mask_cls).max(dim=-1)
+        return self._scores(probs, mask_prob), labels
+
+    def _scores(self, probs: Tensor, mask_prob: Tensor) -> Tensor:
+        binary = mask_prob > self._cfg('mask_thr', 0.5)
+        area = binary.flatten(1).sum(1)
+        mask_score = (mask_prob * binary).flatten(1).sum(1) / area.clamp_min(1)
+        return probs.pow(self._cfg('alpha', 1.0)) * mask_score.pow(self._cfg('beta', 2.0))
+
+    def _candidates(self, mask_cls: Tensor, mask_pred: Tensor):
+        """Queries that reach ``t_cnf``: ``(scores, labels, binary masks (K, H, W))``.
+
+        The mask score is at most 1, so ``s_i <= p_i^alpha``: queries below the
+        threshold on class probability alone are dropped before their full-size
+        masks are touched (same result, far less work with 100-300 queries). The
+        rest are scored one mask at a time, which avoids copying them all.
+        """
+        probs, labels = self.class_probs(mask_cls).max(dim=-1)
+        t_cnf = self._per_class(self._cfg('t_cnf', 0.25), labels)
+        alive = torch.nonzero(probs.pow(self._cfg('alpha', 1.0)) >= t_cnf)[:, 0]
+        thr = self._cfg('mask_thr', 0.5)
+        binaries, mask_scores = [], []
+        for query in alive.tolist():
+            prob = mask_pred[query].sigmoid()
+            binary = prob > thr
+            area = torch.count_nonzero(binary)
+            mask_scores.append(torch.where(binary, prob, 0).sum() / area.clamp_min(1))
+            binaries.append(binary)
+        if not binaries:
+            empty = mask_pred.new_zeros((0, ) + mask_pred.shape[-2:], dtype=torch.bool)
+            return probs[:0], labels[:0], empty
+        scores = probs[alive].pow(self._cfg('alpha', 1.0)) * torch.stack(mask_scores).pow(
+            self._cfg('beta', 2.0))
+        keep = torch.nonzero(scores >= t_cnf[alive])[:, 0]
+        return scores[keep], labels[alive][keep], [binaries[i] for i in keep.tolist()]
+
+    # ------------------------------------------------------------------ panoptic
+    def merge_masks(self, scores: Tensor, labels: Tensor, masks) -> Tensor:
+        """Algorithm 1 on binary ``masks`` ((Q, H, W) or a list of (H, W)): (H, W) int32
+        panoptic map."""
+        if isinstance(masks, (list, tuple)) and not masks:
+            raise ValueError('merge_masks needs at least one mask (or a (0, H, W) tensor)')
+        height, width = masks[0].shape[-2:] if len(masks) else masks.shape[-2:]
+        device = scores.device
+        void = self.num_classes
+        panoptic = torch.full((height, width), void, dtype=torch.int32, device=device)
+        kept = torch.nonzero(scores >= self._per_class(self._cfg('t_cnf', 0.25), labels))[:, 0]
+        if len(kept) == 0:
+            return panoptic
+        # descending score; equal scores keep query order
+        order = kept[torch.argsort(scores[kept], descending=True, stable=True)]
+        labels = labels[order]
+        t_keep = self._per_class(self._cfg('t_keep', 0.6), labels)
+        area = torch.stack([torch.count_nonzero(masks[q]) for q in order.tolist()])
+        painted = torch.zeros((height, width), dtype=torch.bool, device=device)
+        owner = torch.full((height, width), -1, dtype=torch.long, device=device)
+        accepted = torch.zeros(len(order), dtype=torch.bool, device=device)
+        for i, query in enumerate(order.tolist()):
+            new = masks[query] & ~painted
+            ok = (area[i] > 0) & (torch.count_nonzero(new) >= t_keep[i] * area[i])
+            new &= ok
+            owner.masked_fill_(new, i)
+            painted |= new
+            accepted[i] = ok
+        # instance ids in painting order, things only (1, 2, ...)
+        is_thing = labels < self.num_things_classes
+        instance_ids = torch.cumsum((accepted & is_thing).long(), 0)
+        segment_of = torch.where(is_thing, labels + instance_ids * INSTANCE_OFFSET, labels)
+        panoptic = torch.where(owner >= 0, segment_of[owner.clamp_min(0)].int(), panoptic)
+        return panoptic
+
+    def panoptic_postprocess(self, mask_cls: Tensor, mask_pred: Tensor) -> PixelData:
+        merge = self._cfg('merge', 'mask_wise')
+        if merge not in _MERGES:
+            raise ValueError(f'test_cfg.merge must be one of {_MERGES}, got {merge!r}')
+        if merge == 'pixel_argmax_prob':
+            if self._cfg('cls_activation', 'softmax') != 'softmax':
+                raise ValueError("'pixel_argmax_prob' is mmdet's softmax post-processing")
+            return super().panoptic_postprocess(mask_cls, mask_pred)
+        if merge == 'mask_wise':
+            scores, labels, binaries = self._candidates(mask_cls, mask_pred)
+            if len(binaries) == 0:
+                binaries = mask_pred.new_zeros((0, ) + mask_pred.shape[-2:], dtype=torch.bool)
+            return PixelData(sem_seg=self.merge_masks(scores, labels, binaries)[None])
+        mask_prob = mask_pred.sigmoid()
+        scores, labels = self.confidence(mask_cls, mask_prob)
+        return PixelData(sem_seg=self._pixel_argmax(scores, labels, mask_prob)[None])
+
+    def _pixel_argmax(self, scores: Tensor, labels: Tensor, mask_prob: Tensor) -> Tensor:
+        """"(p)": kept queries compete per pixel on mask probability alone."""
+        height, width = mask_prob.shape[-2:]
+        panoptic = torch.full((height, width), self.num_classes, dtype=torch.int32,
+                              device=mask_prob.device)
+        keep = scores >= self._per_class(self._cfg('t_cnf', 0.25), labels)
+        if not keep.any():
+            return panoptic
+        probs, labels = mask_prob[keep], labels[keep]
+        winner = probs.argmax(0)
+        won = F.one_hot(winner, len(labels)).permute(2, 0, 1).bool()
+        won &= probs > self._cfg('mask_thr', 0.5)
+        t_keep = self._per_class(self._cfg('t_keep', 0.6), labels)
+        area = (probs > self._cfg('mask_thr', 0.5)).flatten(1).sum(1)
+        accepted = (area > 0) & (won.flatten(1).sum(1) >= t_keep * area)
+        is_thing = labels < self.num_things_classes
+        instance_ids = torch.cumsum((accepted & is_thing).long(), 0)
+        segment_of = torch.where(is_thing, labels + instance_ids * INSTANCE_OFFSET, labels)
+        owner = torch.where(won.any(0) & accepted[winner], winner, -1)
+        return torch.where(owner >= 0, segment_of[owner.clamp_min(0)].int(), panoptic)
+
+    # ------------------------------------------------------------------ instances
+    def instance_postprocess(self, mask_cls: Tensor, mask_pred: Tensor) -> InstanceData:
+        """Top ``max_per_image`` (query, thing class) pairs, scored class prob x mask score."""
+        max_per_image = self._cfg('max_per_image', 100)
+        probs = self.class_probs(mask_cls)
+        num_queries = probs.shape[0]
+        labels = torch.arange(self.num_classes, device=probs.device).repeat(num_queries)
+        flat = probs.flatten()
+        scores, top = flat.topk(min(max_per_image, flat.numel()), sorted=False)
+        labels, queries = labels[top], top // self.num_classes
+        thing = labels < self.num_things_classes
+        scores, labels, queries = scores[thing], labels[thing], queries[thing]
+        masks = mask_pred[queries] > 0
+        mask_scores = (mask_pred[queries].sigmoid() * masks).flatten(1).sum(1) / (
+            masks.flatten(1).sum(1) + 1e-6)
+        results = InstanceData()
+        results.bboxes = mask2bbox(masks)
+        results.labels = labels
+        results.scores = scores * mask_scores
+        results.masks = masks
+        return results
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, mask_cls_results: Tensor, mask_pred_results: Tensor,
+                batch_data_samples: SampleList, rescale: bool = False, **kwargs) -> List[dict]:
+        """As mmdet's, plus ``sem_results`` derived from the panoptic map."""
+        semantic_on = self._cfg('semantic_on', False)
+        test_cfg = self.test_cfg
+        if semantic_on:
+            self.test_cfg = dict(test_cfg, semantic_on=False, panoptic_on=True)
+        try:
+            results = super().predict(mask_cls_results, mask_pred_results, batch_data_samples,
+                                      rescale=rescale, **kwargs)
+        finally:
+            self.test_cfg = test_cfg
+        if semantic_on:
+            for result in results:
+                panoptic = result['pan_results'].sem_seg
+                semantic = (panoptic % INSTANCE_OFFSET).long()
+                semantic[panoptic == self.num_classes] = 255
+                result['sem_results'] = PixelData(sem_seg=semantic)
+                if not self._cfg('panoptic_on', True):
+                    del result['pan_results']
+        return results
