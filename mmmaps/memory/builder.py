@@ -129,6 +129,10 @@ class MemoryBuilder:
             dense_encoder=self.dense_encoder.describe() if self.dense_encoder else None,
             query_cache_only=query_cache_only)
 
+    def _plan_as_saved(self) -> dict:
+        """The plan as it reads back from JSON (tuples become lists), for comparisons."""
+        return json.loads(json.dumps(self.plan))
+
     # ------------------------------------------------------------------ paths
     def _chunk_path(self, j: int) -> str:
         return osp.join(self.build_dir, 'chunks', f'chunk-{j:06d}.npz')
@@ -140,7 +144,7 @@ class MemoryBuilder:
         if not osp.isfile(osp.join(self.out, 'manifest.json')):
             return False
         try:
-            return read_root_manifest(self.out).get('plan') == json.loads(json.dumps(self.plan))
+            return read_root_manifest(self.out).get('plan') == self._plan_as_saved()
         except Exception:
             return False
 
@@ -152,7 +156,7 @@ class MemoryBuilder:
         if osp.isfile(plan_path):
             with open(plan_path) as f:
                 previous = json.load(f)
-            if previous != json.loads(json.dumps(self.plan)):
+            if previous != self._plan_as_saved():
                 differs = sorted(k for k in self.plan if previous.get(k) != self.plan[k])
                 raise MemoryBuildError(
                     f'{self.build_dir} holds a partial build of a different plan (differs in '

@@ -179,12 +179,12 @@ class MemoryRetriever:
         cats_all = bank.extras.get('category_ids')
         per_query = []
         for row in rows:
-            slices = [bank.value_slice(r) for r in row if r >= 0]
-            idx = (np.concatenate([np.arange(s.start, s.stop) for s in slices])
-                   if slices else np.zeros(0, np.int64))[:self.max_objects]
-            owners = (np.concatenate([np.full(s.stop - s.start, bank.image_ids[r])
-                                      for s, r in zip(slices, [r for r in row if r >= 0])])
-                      if slices else np.zeros(0, np.int64))[:self.max_objects]
+            found = [r for r in row if r >= 0]
+            idx = np.concatenate([np.arange(*bank.offsets[r:r + 2]) for r in found] or
+                                 [np.zeros(0, np.int64)])[:self.max_objects]
+            owners = np.concatenate([np.full(bank.offsets[r + 1] - bank.offsets[r],
+                                             bank.image_ids[r]) for r in found] or
+                                    [np.zeros(0, np.int64)])[:self.max_objects]
             per_query.append((idx, owners))
         width = self.max_objects if self.pad_objects_to_max else max(
             [len(i) for i, _ in per_query] + [1])

@@ -63,7 +63,7 @@ class MAPS(Mask2Former):
                     self.query_encoder.describe())
         if spec['key_encoder'] is not None:
             spec['key_dim'] = spec['key_encoder']['out_channels']
-        if 'scene' in sources or head.aug_cls:
+        if 'scene' in sources:
             spec['scene_dim'] = head.scene_memory_dims
         if 'object' in sources:
             spec['object_dim'] = head.object_memory_dims
@@ -86,9 +86,11 @@ class MAPS(Mask2Former):
             out.append(image[:, :height, :width].clamp(0, 255))
         return out
 
-    def query_keys(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Tensor:
+    def query_keys(self, batch_inputs: Tensor, batch_data_samples: SampleList,
+                   ids: Optional[List] = None) -> Tensor:
         """(B, D) query embeddings: from a cache when it has every image, else encoded."""
-        ids = [sample.metainfo.get('img_id') for sample in batch_data_samples]
+        if ids is None:
+            ids = [sample.metainfo.get('img_id') for sample in batch_data_samples]
         cache = (self.memory.query_cache if self.training and self.memory is not None
                  else self.eval_query_cache)
         if cache is not None and all(i is not None and i in cache for i in ids):
@@ -101,14 +103,14 @@ class MAPS(Mask2Former):
     def retrieve(self, batch_inputs: Tensor,
                  batch_data_samples: SampleList) -> Optional[MemoryInputs]:
         head = self.panoptic_head
-        if not (head.needs_memory or (head.aug_cls and head.use_scene_memory)):
+        if not head.needs_memory:
             return None
         if self.retriever is None:
             raise RuntimeError('MAPS has no memory attached: add custom_hooks = '
                                '[dict(type="MemoryHook")] and build the memory with '
                                'tools/build_memory.py CONFIG')
-        keys = self.query_keys(batch_inputs, batch_data_samples)
         ids = [sample.metainfo.get('img_id') for sample in batch_data_samples]
+        keys = self.query_keys(batch_inputs, batch_data_samples, ids)
         result = self.retriever.query(
             keys, image_ids=None if None in ids else ids, k=head.num_retrievals,
             training=self.training,

@@ -85,13 +85,21 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
     def confidence(self, mask_cls: Tensor, mask_prob: Tensor) -> Tuple[Tensor, Tensor]:
         """``(scores s_i, labels c_i)`` of every query (Eq. 6 of PSF)."""
         probs, labels = self.class_probs(mask_cls).max(dim=-1)
-        return self._scores(probs, mask_prob), labels
+        mask_scores = [self._mask_score(prob)[0] for prob in mask_prob]
+        return self._score(probs, mask_scores), labels
 
-    def _scores(self, probs: Tensor, mask_prob: Tensor) -> Tensor:
-        binary = mask_prob > self._cfg('mask_thr', 0.5)
-        area = binary.flatten(1).sum(1)
-        mask_score = (mask_prob * binary).flatten(1).sum(1) / area.clamp_min(1)
-        return probs.pow(self._cfg('alpha', 1.0)) * mask_score.pow(self._cfg('beta', 2.0))
+    def _mask_score(self, prob: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(mean(m[m > thr]), m > thr)`` of one mask probability map (H, W)."""
+        binary = prob > self._cfg('mask_thr', 0.5)
+        area = torch.count_nonzero(binary)
+        return torch.where(binary, prob, 0).sum() / area.clamp_min(1), binary
+
+    def _score(self, probs: Tensor, mask_scores) -> Tensor:
+        """``p^alpha * mask_score^beta`` (zeros-shaped when there are no queries)."""
+        if len(mask_scores) == 0:
+            return probs.new_zeros(probs.shape)
+        return probs.pow(self._cfg('alpha', 1.0)) * torch.stack(list(mask_scores)).pow(
+            self._cfg('beta', 2.0))
 
     def _candidates(self, mask_cls: Tensor, mask_pred: Tensor):
         """Queries that reach ``t_cnf``: ``(scores, labels, binary masks (K, H, W))``.
@@ -104,21 +112,22 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         probs, labels = self.class_probs(mask_cls).max(dim=-1)
         t_cnf = self._per_class(self._cfg('t_cnf', 0.25), labels)
         alive = torch.nonzero(probs.pow(self._cfg('alpha', 1.0)) >= t_cnf)[:, 0]
-        thr = self._cfg('mask_thr', 0.5)
-        binaries, mask_scores = [], []
-        for query in alive.tolist():
-            prob = mask_pred[query].sigmoid()
-            binary = prob > thr
-            area = torch.count_nonzero(binary)
-            mask_scores.append(torch.where(binary, prob, 0).sum() / area.clamp_min(1))
-            binaries.append(binary)
-        if not binaries:
+        scored = [self._mask_score(mask_pred[query].sigmoid()) for query in alive.tolist()]
+        if not scored:
             empty = mask_pred.new_zeros((0, ) + mask_pred.shape[-2:], dtype=torch.bool)
             return probs[:0], labels[:0], empty
-        scores = probs[alive].pow(self._cfg('alpha', 1.0)) * torch.stack(mask_scores).pow(
-            self._cfg('beta', 2.0))
+        scores = self._score(probs[alive], [score for score, _ in scored])
         keep = torch.nonzero(scores >= t_cnf[alive])[:, 0]
-        return scores[keep], labels[alive][keep], [binaries[i] for i in keep.tolist()]
+        return scores[keep], labels[alive][keep], [scored[i][1] for i in keep.tolist()]
+
+    def _paint(self, panoptic: Tensor, owner: Tensor, labels: Tensor,
+               accepted: Tensor) -> Tensor:
+        """Write segment ids where ``owner`` (index into ``labels``, -1 = none) is set:
+        things get instance ids 1, 2, ... in order of acceptance, stuff its class id."""
+        is_thing = labels < self.num_things_classes
+        instance_ids = torch.cumsum((accepted & is_thing).long(), 0)
+        segment_of = torch.where(is_thing, labels + instance_ids * INSTANCE_OFFSET, labels)
+        return torch.where(owner >= 0, segment_of[owner.clamp_min(0)].int(), panoptic)
 
     # ------------------------------------------------------------------ panoptic
     def merge_masks(self, scores: Tensor, labels: Tensor, masks) -> Tensor:
@@ -148,12 +157,7 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
             owner.masked_fill_(new, i)
             painted |= new
             accepted[i] = ok
-        # instance ids in painting order, things only (1, 2, ...)
-        is_thing = labels < self.num_things_classes
-        instance_ids = torch.cumsum((accepted & is_thing).long(), 0)
-        segment_of = torch.where(is_thing, labels + instance_ids * INSTANCE_OFFSET, labels)
-        panoptic = torch.where(owner >= 0, segment_of[owner.clamp_min(0)].int(), panoptic)
-        return panoptic
+        return self._paint(panoptic, owner, labels, accepted)
 
     def panoptic_postprocess(self, mask_cls: Tensor, mask_pred: Tensor) -> PixelData:
         merge = self._cfg('merge', 'mask_wise')
@@ -187,11 +191,8 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         t_keep = self._per_class(self._cfg('t_keep', 0.6), labels)
         area = (probs > self._cfg('mask_thr', 0.5)).flatten(1).sum(1)
         accepted = (area > 0) & (won.flatten(1).sum(1) >= t_keep * area)
-        is_thing = labels < self.num_things_classes
-        instance_ids = torch.cumsum((accepted & is_thing).long(), 0)
-        segment_of = torch.where(is_thing, labels + instance_ids * INSTANCE_OFFSET, labels)
         owner = torch.where(won.any(0) & accepted[winner], winner, -1)
-        return torch.where(owner >= 0, segment_of[owner.clamp_min(0)].int(), panoptic)
+        return self._paint(panoptic, owner, labels, accepted)
 
     # ------------------------------------------------------------------ instances
     def instance_postprocess(self, mask_cls: Tensor, mask_pred: Tensor) -> InstanceData:
