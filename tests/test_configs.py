@@ -6,6 +6,8 @@ from mmengine.config import Config
 
 from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
+from mmmaps.models.detectors import PanopticSegFormer
+from mmmaps.models.seg_heads import MaskWiseMergingFusionHead
 from tests.conftest import REPO_ROOT
 
 CONFIGS = sorted(p for p in glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py'),
@@ -24,7 +26,12 @@ def test_config_builds(path):
     if 'model' not in cfg:
         return
     model = MODELS.build(cfg.model)
-    head = model.panoptic_head
+    head = class_split_head(model)
+    fusion = model.panoptic_fusion_head
+    assert (fusion.num_things_classes, fusion.num_stuff_classes) == (
+        head.num_things_classes, head.num_stuff_classes)
+    if isinstance(model, PanopticSegFormer):
+        check_panoptic_segformer(model)
     # the class split of the head must be the dataset's
     for loader in (cfg.train_dataloader, cfg.test_dataloader):
         dataset_cfg = loader.dataset
@@ -35,6 +42,25 @@ def test_config_builds(path):
             meta['stuff_classes']), 'things must come first'
     types = [e['type'] for e in cfg.test_evaluator]
     assert types == ['CocoPanopticMetric', 'CocoMetric', 'PanopticSemSegMetric']
+
+
+def class_split_head(model):
+    """The head that carries the thing/stuff class split: ``panoptic_head`` of
+    Mask2Former/MAPS, ``bbox_head`` of Panoptic SegFormer."""
+    if isinstance(model, PanopticSegFormer):
+        return model.bbox_head
+    return model.panoptic_head
+
+
+def check_panoptic_segformer(model):
+    """Sigmoid class scores merged by the mask-wise merging head; one stuff query per
+    stuff class with query decoupling, none with joint matching."""
+    fusion = model.panoptic_fusion_head
+    assert isinstance(fusion, MaskWiseMergingFusionHead)
+    assert fusion.test_cfg['cls_activation'] == 'sigmoid'
+    head = model.bbox_head
+    expected = head.num_stuff_classes if head.query_decoupling else 0
+    assert head.num_stuff_queries == expected
 
 
 MEMORY_BASES = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '_base_', 'memory', '*.py')))

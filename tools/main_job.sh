@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 1: set up, generate the synthetic dataset, build its MAPS memory banks,
-# train the tiny Mask2Former baseline and tiny MAPS on CPU (same iterations and seed), test
-# both next to the untrained initialisation, print PQ/AP/mIoU side by side, write a PNG.
+# train the tiny Mask2Former baseline, tiny MAPS and tiny Panoptic SegFormer on CPU (same
+# iterations and seed), test them next to their untrained initialisations, print PQ/AP/mIoU
+# side by side, write PNGs.
 #
 #   bash tools/main_job.sh            (MAX_ITERS=1200 WORK_DIR=work_dirs/main_job by default)
 set -Eeuo pipefail
@@ -9,6 +10,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BASELINE=${BASELINE:-configs/mask2former/mask2former_r18_synthetic-panoptic.py}
 MAPS=${MAPS:-configs/maps/maps_r18_synthetic-panoptic.py}
+PSF=${PSF:-configs/panoptic_segformer/panoptic-segformer_r18_synthetic.py}
 WORK_DIR=${WORK_DIR:-work_dirs/main_job}
 MAX_ITERS=${MAX_ITERS:-1200}
 trap 'echo "main_job: FAILED at: $BASH_COMMAND" >&2' ERR
@@ -24,16 +26,19 @@ python tools/dataset_converters/make_synthetic_panoptic.py --out data/synthetic 
 echo "==> MAPS memory of the train split (scene + object banks, query cache; CLIP ViT-S/16)"
 python tools/build_memory.py "$MAPS"
 
-echo "==> untrained reference"
-python tools/misc/init_checkpoint.py "$BASELINE" "$WORK_DIR/untrained/init.pth"
-python tools/test.py "$BASELINE" "$WORK_DIR/untrained/init.pth" --work-dir "$WORK_DIR/untrained" \
-  >"$WORK_DIR/untrained/test.log" 2>&1 || { tail -n 50 "$WORK_DIR/untrained/test.log"; exit 1; }
+echo "==> untrained references"
+for pair in "untrained:$BASELINE" "untrained_psf:$PSF"; do
+  dir=$WORK_DIR/${pair%%:*} config=${pair#*:}
+  python tools/misc/init_checkpoint.py "$config" "$dir/init.pth"
+  python tools/test.py "$config" "$dir/init.pth" --work-dir "$dir" >"$dir/test.log" 2>&1 \
+    || { tail -n 50 "$dir/test.log"; exit 1; }
+done
 
 SCHEDULE=(train_cfg.max_iters="$MAX_ITERS" train_cfg.val_interval=$((MAX_ITERS + 1))
   default_hooks.checkpoint.interval="$MAX_ITERS" param_scheduler.1.end="$MAX_ITERS"
   "param_scheduler.1.milestones=[$((MAX_ITERS * 85 / 100))]")
-for name in baseline maps; do
-  config=$BASELINE; [ "$name" = maps ] && config=$MAPS
+for name in baseline maps psf; do
+  case $name in baseline) config=$BASELINE ;; maps) config=$MAPS ;; psf) config=$PSF ;; esac
   echo "==> train $name: $config ($MAX_ITERS iterations on $(nproc) CPU cores)"
   python tools/train.py "$config" --work-dir "$WORK_DIR/$name/train" --cfg-options "${SCHEDULE[@]}"
   echo "==> test $name"
@@ -42,13 +47,20 @@ for name in baseline maps; do
     --panoptic-out "$WORK_DIR/$name/test/predictions/results"
 done
 
-SHOW_DIR=$(ls -d "$WORK_DIR"/maps/test/*/vis | tail -n 1)
-python tools/analysis/make_grid.py "$SHOW_DIR" --out "$WORK_DIR/panoptic_overlay.png" --num 8 --cols 2
+for name in maps psf; do
+  show_dir=$(ls -d "$WORK_DIR"/$name/test/*/vis | tail -n 1)
+  python tools/analysis/make_grid.py "$show_dir" --out "$WORK_DIR/panoptic_overlay_$name.png" \
+    --num 8 --cols 2
+done
+cp "$WORK_DIR/panoptic_overlay_maps.png" "$WORK_DIR/panoptic_overlay.png"
 
 echo
 python tools/analysis/compare_metrics.py \
-  --title "Synthetic val: tiny Mask2Former vs tiny MAPS (R18, same $MAX_ITERS iterations, seed 0)" \
-  "untrained=$WORK_DIR/untrained/metrics.json" \
+  --title "Synthetic val: tiny Mask2Former, MAPS, Panoptic SegFormer (R18, same $MAX_ITERS iterations, seed 0)" \
+  "untrained M2F=$WORK_DIR/untrained/metrics.json" \
   "Mask2Former=$WORK_DIR/baseline/test/metrics.json" \
-  "MAPS=$WORK_DIR/maps/test/metrics.json"
-echo "overlay of MAPS (left: ground truth, right: prediction): $WORK_DIR/panoptic_overlay.png"
+  "MAPS=$WORK_DIR/maps/test/metrics.json" \
+  "untrained PSF=$WORK_DIR/untrained_psf/metrics.json" \
+  "Panoptic SegFormer=$WORK_DIR/psf/test/metrics.json"
+echo "overlays (left: ground truth, right: prediction): $WORK_DIR/panoptic_overlay_maps.png (MAPS)," \
+  "$WORK_DIR/panoptic_overlay_psf.png (Panoptic SegFormer)"

@@ -161,6 +161,23 @@ def test_sigmoid_scores_and_merge_variants():
         make_head(merge='nms').panoptic_postprocess(cls, pred)
 
 
+def test_instance_slots_over_all_classes_or_things_only():
+    """'all' (mmdet): stuff pairs take top-k slots and are dropped; 'things': they cannot."""
+    sig = torch.full((4, VOID), -BIG)
+    sig[0, 2], sig[1, 3] = 3.0, 2.5  # stuff queries, confident
+    sig[2, 0], sig[3, 1] = 1.0, 0.5  # thing queries, less confident
+    masks = mask_logits([box(6, 6, 0, 3, 0, 3)] * 4)
+    mmdet_like = make_head(cls_activation='sigmoid', max_per_image=2).instance_postprocess(
+        sig, masks)
+    assert len(mmdet_like) == 0  # both slots went to stuff
+    things = make_head(cls_activation='sigmoid', max_per_image=2,
+                       instance_classes='things').instance_postprocess(sig, masks)
+    assert sorted(things.labels.tolist()) == [0, 1]
+    torch.testing.assert_close(things.scores.sort().values, sig[[3, 2], [1, 0]].sigmoid())
+    with pytest.raises(ValueError, match='instance_classes'):
+        make_head(instance_classes='stuff').instance_postprocess(sig, masks)
+
+
 def test_in_a_mask2former_config(synthetic_env):
     import mmmaps  # noqa: F401
     register_all_modules()

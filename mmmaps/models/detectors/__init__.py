@@ -1,3 +1,4 @@
 from .maps import MAPS
+from .panoptic_segformer import PanopticSegFormer
 
-__all__ = ['MAPS']
+__all__ = ['MAPS', 'PanopticSegFormer']

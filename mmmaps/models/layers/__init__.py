@@ -1,4 +1,10 @@
+from .attention_mask_decoder import (AttentionMapCrossAttention, AttentionMapToMask,
+                                     AttentionMaskDecoder, AttentionMaskDecoderLayer)
 from .maps_decoder_layer import MAPSTransformerDecoder, MAPSTransformerDecoderLayer
 from .memory_attention import MemoryCrossAttention
 
-__all__ = ['MemoryCrossAttention', 'MAPSTransformerDecoderLayer', 'MAPSTransformerDecoder']
+__all__ = [
+    'MemoryCrossAttention', 'MAPSTransformerDecoderLayer', 'MAPSTransformerDecoder',
+    'AttentionMapCrossAttention', 'AttentionMapToMask', 'AttentionMaskDecoderLayer',
+    'AttentionMaskDecoder'
+]

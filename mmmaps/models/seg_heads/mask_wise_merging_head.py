@@ -196,14 +196,26 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
 
     # ------------------------------------------------------------------ instances
     def instance_postprocess(self, mask_cls: Tensor, mask_pred: Tensor) -> InstanceData:
-        """Top ``max_per_image`` (query, thing class) pairs, scored class prob x mask score."""
+        """Top ``max_per_image`` (query, thing class) pairs, scored class prob x mask score.
+
+        ``test_cfg.instance_classes``: ``'all'`` (default, mmdet/detectron2 Mask2Former) takes
+        the top pairs over every class and then drops stuff pairs; ``'things'`` takes them
+        over the thing classes only, so stuff queries cannot use up the slots (Panoptic
+        SegFormer's instance results come from its thing queries).
+        """
         max_per_image = self._cfg('max_per_image', 100)
+        instance_classes = self._cfg('instance_classes', 'all')
+        if instance_classes not in ('all', 'things'):
+            raise ValueError(f"test_cfg.instance_classes must be 'all' or 'things', got "
+                             f'{instance_classes!r}')
         probs = self.class_probs(mask_cls)
-        num_queries = probs.shape[0]
-        labels = torch.arange(self.num_classes, device=probs.device).repeat(num_queries)
+        if instance_classes == 'things':
+            probs = probs[:, :self.num_things_classes]
+        num_queries, num_columns = probs.shape
+        labels = torch.arange(num_columns, device=probs.device).repeat(num_queries)
         flat = probs.flatten()
         scores, top = flat.topk(min(max_per_image, flat.numel()), sorted=False)
-        labels, queries = labels[top], top // self.num_classes
+        labels, queries = labels[top], top // num_columns
         thing = labels < self.num_things_classes
         scores, labels, queries = scores[thing], labels[thing], queries[thing]
         masks = mask_pred[queries] > 0

@@ -1,0 +1,6 @@
+# Table B.3, alpha = 1, beta = 0 in Eq. 6 (PQ 48.7, PQ_th 53.5, PQ_st 41.3; default alpha = 1,
+# beta = 2: PQ 49.6). Post-processing only: test with the checkpoint of
+# ../panoptic-segformer_r50_8xb1-24e_coco-panoptic.py (tools/test.py).
+_base_ = '../panoptic-segformer_r50_8xb1-24e_coco-panoptic.py'
+
+model = dict(test_cfg=dict(alpha=1.0, beta=0.0))
