@@ -10,9 +10,7 @@ upsampled (bilinearly, as ``predict`` does) to the output size. Both heads get t
 """
 import argparse
 import os.path as osp
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmdet.models.seg_heads.panoptic_fusion_heads import MaskFormerFusionHead  # noqa: E402
 
+from benchmarks.timing import median_seconds  # noqa: E402
 from mmmaps.models.seg_heads import MaskWiseMergingFusionHead  # noqa: E402
 
 THINGS, STUFF = 80, 53
@@ -46,18 +45,6 @@ def inputs(queries, size, device, seed=0, segments=30):
     return cls.to(device), masks.to(device)
 
 
-def timed(fn, reps, sync):
-    fn()
-    times = []
-    for _ in range(reps):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--queries', type=int, nargs='+', default=[100, 200, 300])
@@ -77,8 +64,8 @@ def main():
     with torch.no_grad():
         for queries in args.queries:
             cls, masks = inputs(queries, tuple(args.size), args.device)
-            t_ours = timed(lambda: ours.panoptic_postprocess(cls, masks), args.reps, sync)
-            t_mmdet = timed(lambda: mmdet.panoptic_postprocess(cls, masks), args.reps, sync)
+            t_ours = median_seconds(lambda: ours.panoptic_postprocess(cls, masks), args.reps, sync)
+            t_mmdet = median_seconds(lambda: mmdet.panoptic_postprocess(cls, masks), args.reps, sync)
             n_ours = len(torch.unique(ours.panoptic_postprocess(cls, masks).sem_seg))
             n_mmdet = len(torch.unique(mmdet.panoptic_postprocess(cls, masks).sem_seg))
             print(f'{queries:>7} | {1000 * t_ours:12.1f} | {1000 * t_mmdet:13.1f} | '

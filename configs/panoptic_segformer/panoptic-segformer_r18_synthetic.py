@@ -1,8 +1,13 @@
 # Tiny CPU-sized Panoptic SegFormer on the bundled synthetic panoptic dataset: ResNet-18
-# (random init: no weights are downloaded) C3-C5 mapped to 64-d, 2 deformable encoder
-# layers, 3 location-decoder layers on 20 thing queries, 3 mask-decoder layers (4 heads),
-# one stuff query per stuff class (6), mask-wise merging. 128x128 images; trains in minutes
-# on 2 CPU cores. The structure is the paper's; only the sizes are small.
+# (random init: no weights are downloaded) mapped to 64-d, 2 deformable encoder layers,
+# 3 location-decoder layers on 20 thing queries, 3 mask-decoder layers (4 heads), one stuff
+# query per stuff class (6), mask-wise merging. 128x128 images; trains in minutes on 2 CPU
+# cores. The structure is the paper's; two deliberate scale changes:
+# - levels C2-C4 (strides 4, 8, 16) instead of C3-C5: masks come from the first level, and
+#   at 128 px the paper's 1/8 gives 16x16 masks for objects of 10-40 px (measured, 1200
+#   iterations: C3-C5 PQ 53.2 / PQ_th 20.2, C2-C4 PQ 63.1 / PQ_th 36.4);
+# - no 0.1 lr multiplier on the backbone (it is for ImageNet-pretrained backbones; this one
+#   starts from random weights): PQ 68.3 / PQ_th 45.1 with C2-C4.
 _base_ = [
     '../_base_/datasets/synthetic_panoptic.py',
     'mmdet::_base_/default_runtime.py',
@@ -41,7 +46,7 @@ model = dict(
         type='ResNet',
         depth=18,
         num_stages=4,
-        out_indices=(1, 2, 3),  # C3, C4, C5
+        out_indices=(0, 1, 2),  # C2, C3, C4 (see the top of the file)
         frozen_stages=-1,
         norm_cfg=dict(type='BN', requires_grad=True),
         norm_eval=False,
@@ -51,7 +56,7 @@ model = dict(
         init_cfg=None),
     neck=dict(
         type='ChannelMapper',
-        in_channels=[128, 256, 512],
+        in_channels=[64, 128, 256],
         kernel_size=1,
         out_channels=embed_dims,
         act_cfg=None,
@@ -144,7 +149,6 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=4e-4, weight_decay=1e-4),
     paramwise_cfg=dict(
         custom_keys={
-            'backbone': dict(lr_mult=0.1),
             'sampling_offsets': dict(lr_mult=0.1),
             'reference_points': dict(lr_mult=0.1),
         }),
