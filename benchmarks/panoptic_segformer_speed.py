@@ -38,7 +38,7 @@ CONFIG = osp.join(REPO, 'configs/panoptic_segformer/panoptic-segformer_r18_synth
 
 
 def build(args, root, query_filter=None):
-    size = [args.size, args.size]
+    size = (args.size, args.size)
     options = {
         'model.num_queries': args.thing_queries,
         'model.bbox_head.query_filter': query_filter,
