@@ -2,6 +2,8 @@
 
     python tools/build_memory.py CONFIG [--split train] [--out DIR] [--resume]
                                  [--shard i/n | --merge] [--force] [--device cuda]
+    python tools/build_memory.py CONFIG --append --source-ann NEW.json --img-prefix DIR
+                                 [--seg-prefix DIR] [--parent ROOT] --out NEW_ROOT
 
 The images are read from the config's own ``{split}_dataloader.dataset``; the
 encoders, index and output root come from its ``memory`` section. Progress is
@@ -9,6 +11,14 @@ saved per chunk in ``OUT.build/``: after a kill, ``--resume`` continues where it
 stopped. Big datasets: run ``--shard i/n`` for i = 0..n-1 (any machines sharing
 the folder), then ``--merge``; or ``torchrun --nproc_per_node N
 tools/build_memory.py CONFIG`` (one shard per rank, rank 0 merges).
+
+``--append`` writes a NEW memory ``--out`` = the memory ``--parent`` (default
+``memory.root``) + the images of another COCO-panoptic annotation file, without
+re-encoding the parent's images (their arrays are copied; the index is rebuilt
+over all keys). The parent is left untouched; the new root's manifest records
+the lineage. Image ids already in the parent, or a config whose encoders / value
+dtype / index differ from the parent's, are refused before anything is written.
+``--resume``, ``--shard``/``--merge`` and torchrun work as for a build.
 """
 import argparse
 import os
@@ -17,13 +27,15 @@ import sys
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
-from mmmaps.memory.builder import MemoryBuilder, parse_shard, wait_for_chunks
+from mmmaps.memory.builder import (MemoryAppender, MemoryBuilder, MemoryBuildError, parse_shard,
+                                   wait_for_chunks)
+from mmmaps.memory.storage import MemoryBankError
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Build the MAPS memory banks of a dataset')
     parser.add_argument('config', help='model config with a `memory` section')
-    parser.add_argument('--split', default='train', choices=['train', 'val', 'test'],
+    parser.add_argument('--split', choices=['train', 'val', 'test'],
                         help='dataset split to encode (default: train)')
     parser.add_argument('--out', help='output directory (default: memory.root, '
                         'with _SPLIT appended for other splits)')
@@ -37,9 +49,33 @@ def parse_args(argv=None):
     parser.add_argument('--query-cache-only', action='store_true',
                         help='only encode the query keys (e.g. --split val for faster testing)')
     parser.add_argument('--device', help='encoder device (default: cuda if available)')
+    append = parser.add_argument_group(
+        'append', 'write a new memory (--out) = an existing one + the images of another '
+        'COCO-panoptic annotation file, encoding only the new images')
+    append.add_argument('--append', action='store_true', help='append instead of building')
+    append.add_argument('--parent', help='the memory to extend (default: memory.root)')
+    append.add_argument('--source-ann', help='COCO-panoptic annotation file of the new images')
+    append.add_argument('--img-prefix', help='folder of the new images')
+    append.add_argument('--seg-prefix', help='folder of their panoptic PNGs (default: '
+                        'SOURCE_ANN without .json, the COCO-panoptic layout)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, xxx=yyy format')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    only_with_append = [f'--{n.replace("_", "-")}' for n in ('parent', 'source_ann',
+                                                              'img_prefix', 'seg_prefix')
+                        if getattr(args, n)]
+    if args.append:
+        missing = [f for f, v in (('--source-ann', args.source_ann),
+                                  ('--img-prefix', args.img_prefix), ('--out', args.out)) if not v]
+        if missing:
+            parser.error(f'--append needs {", ".join(missing)}')
+        if args.split or args.query_cache_only:
+            parser.error('--append extends the parent\'s banks (its split); --split and '
+                         '--query-cache-only do not apply')
+    elif only_with_append:
+        parser.error(f'{", ".join(only_with_append)} only apply with --append')
+    args.split = args.split or 'train'
+    return args
 
 
 def main(argv=None):
@@ -64,16 +100,29 @@ def main(argv=None):
         if torch.cuda.is_available():
             device = f'cuda:{os.environ.get("LOCAL_RANK", "0")}'
 
-    builder = MemoryBuilder(cfg, split=args.split, out=args.out, device=device,
-                            query_cache_only=args.query_cache_only)
+    if args.append:
+        parent = args.parent or (cfg.get('memory') or {}).get('root')
+        if not parent:
+            raise MemoryBuildError('--append: memory.root is not set; pass --parent ROOT')
+        builder = MemoryAppender(cfg, parent, args.source_ann, args.img_prefix,
+                                 args.seg_prefix, out=args.out, device=device)
+    else:
+        builder = MemoryBuilder(cfg, split=args.split, out=args.out, device=device,
+                                query_cache_only=args.query_cache_only)
     if not args.merge and not args.force and shard is None and builder.is_up_to_date():
         print_log(f'{builder.out} is up to date (same dataset, encoders and settings); '
                   'pass --force to rebuild', logger='current')
         return builder.out
-    print_log(f'building the {args.split} memory of {len(builder.records)} images into '
-              f'{builder.out} on {builder.device} (key encoder '
-              f'{builder.plan["key_encoder"]["type"]}, dense encoder '
-              f'{(builder.plan["dense_encoder"] or {}).get("type")})', logger='current')
+    if args.append:
+        print_log(f'appending {len(builder.records)} images of {builder.source["ann_file"]} '
+                  f'to the memory {builder.parent_root} ({len(builder.parent_ids)} images, '
+                  f'copied, not re-encoded) into {builder.out} on {builder.device}',
+                  logger='current')
+    else:
+        print_log(f'building the {args.split} memory of {len(builder.records)} images into '
+                  f'{builder.out} on {builder.device} (key encoder '
+                  f'{builder.plan["key_encoder"]["type"]}, dense encoder '
+                  f'{(builder.plan["dense_encoder"] or {}).get("type")})', logger='current')
     if args.merge:
         stats = {}
     else:
@@ -88,9 +137,11 @@ def main(argv=None):
                       f'({stats["images"] / max(stats["seconds"], 1e-9):.2f} images/s)',
                       logger='current')
         if shard is not None and world == 1:
-            print_log(f'shard {shard[0]}/{shard[1]} done; when all shards are done run: '
-                      f'python tools/build_memory.py {args.config} --merge'
-                      + (f' --out {args.out}' if args.out else ''), logger='current')
+            merge = ('the same command with --merge instead of --shard' if args.append else
+                     f'python tools/build_memory.py {args.config} --merge'
+                     + (f' --out {args.out}' if args.out else ''))
+            print_log(f'shard {shard[0]}/{shard[1]} done; when all shards are done run: {merge}',
+                      logger='current')
             return None
         if rank != 0:
             return None
@@ -103,4 +154,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (MemoryBuildError, MemoryBankError, FileNotFoundError) as exc:
+        sys.exit(f'build_memory.py: error: {exc}')

@@ -3,6 +3,13 @@
 For a panoptic model the configured evaluators print mmdet's PQ, COCO AP and
 mIoU tables; this tool then prints one summary table (PQ, PQ_th, PQ_st, SQ,
 RQ, AP, mIoU) and writes all metrics to ``WORK_DIR/metrics.json``.
+
+A MAPS checkpoint can be evaluated with another memory than the one it was
+trained with, without retraining: ``--memory DIR`` (e.g. the training memory
+plus newly labelled images, ``tools/build_memory.py CONFIG --append``). It is
+``--cfg-options memory.root=DIR`` for every ``MemoryHook``, and the hook logs
+which memory (recorded in the checkpoint meta) the new one replaces; a memory
+built with other encoders or dimensions is refused.
 """
 import argparse
 import json
@@ -35,6 +42,10 @@ def parse_args(argv=None):
         help='per-class PQ/SQ/RQ: print the class table of every panoptic evaluator and '
         'write CLASS_PQ/_SQ/_RQ to metrics.json (CocoPanopticMetric becomes '
         'FastCocoPanopticMetric, whose default backend computes the same numbers)')
+    parser.add_argument(
+        '--memory', metavar='DIR',
+        help='MAPS: evaluate with this memory root instead of memory.root (the checkpoint '
+        'meta records the training memory; encoders and dimensions must match it)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir',
                         help='save painted predictions to WORK_DIR/TIMESTAMP/SHOW_DIR')
@@ -75,12 +86,44 @@ def _set_panoptic_classwise(cfg) -> None:
         evaluator['classwise'] = True
 
 
+def _is_memory_hook(hook) -> bool:
+    return str(hook.get('type')).rpartition('.')[2] == 'MemoryHook'
+
+
+def _swap_memory(cfg, root: str, config: str) -> None:
+    """``--memory``: every MemoryHook reads ``root``, marked as a deliberate swap."""
+    from mmengine.logging import print_log
+
+    from mmmaps.memory.memory_root import read_root_manifest
+    hooks = [h for h in (cfg.get('custom_hooks') or []) if _is_memory_hook(h)]
+    if 'memory' not in cfg or not hooks:
+        model_type = (cfg.get('model') or {}).get('type')
+        missing = ' and '.join(m for m, ok in (('a `memory` section', 'memory' in cfg),
+                                              ('custom_hooks=[dict(type="MemoryHook")]', hooks))
+                               if not ok)
+        raise ValueError(f'--memory needs a MAPS config; {config} (model type {model_type}) '
+                         f'lacks {missing}')
+    root = osp.abspath(root)
+    manifest = read_root_manifest(root)  # fails early, naming the problem
+    if not manifest['banks'].get('scene'):
+        raise ValueError(f'--memory {root} holds only a query-embedding cache, no memory banks')
+    previous = [h.get('memory_root') or cfg.memory.get('root') for h in hooks]
+    cfg.memory.root = root
+    for hook in hooks:
+        hook['memory_root'] = root
+        hook['memory_swap'] = True
+    print_log(f'--memory: {root} replaces the configured memory '
+              f'{", ".join(sorted(set(map(str, previous))))}', logger='current')
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from = args.checkpoint
+    if args.memory:
+        _swap_memory(cfg, args.memory, args.config)
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     if args.panoptic_out:

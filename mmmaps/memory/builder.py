@@ -7,6 +7,11 @@ encodes the chunks ``j`` with ``j % n == i``; the merge streams the chunks in
 order into the banks and publishes ``<out>`` atomically. Chunks only depend on
 their images and the (frozen, deterministic) encoders, so resumed, sharded and
 uninterrupted builds give identical banks.
+
+:class:`MemoryAppender` builds a new memory from an existing one plus the images
+of another annotation file: the parent's arrays are copied, only the new images
+are encoded (same chunks, resume and shards), the index is rebuilt over all keys,
+and the new root records its lineage (parent + manifest sha256, appended source).
 """
 import copy
 import datetime
@@ -24,11 +29,11 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
-from .bank import BankWriter
-from .dataset_records import load_panoptic_records
+from .bank import BankWriter, MemoryBank
+from .dataset_records import dataset_cfg_of, load_panoptic_records
 from .encoders import build_memory_encoder
 from .faiss_index import normalize_index_cfg
-from .memory_root import FORMAT_NAME, FORMAT_VERSION, read_root_manifest
+from .memory_root import FORMAT_NAME, FORMAT_VERSION, MemoryRoot, read_root_manifest
 from .query_cache import QueryEmbeddingCache
 from .segment_pooling import pool_segments, rgb_to_panoptic_id
 from .storage import atomic_directory, write_json
@@ -48,6 +53,32 @@ def memory_cfg_of(cfg: Config) -> dict:
     if isinstance(memory, Config):
         memory = memory.to_dict()
     return dict(memory)
+
+
+def _as_saved(obj):
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj))
+
+
+def plan_differences(previous: dict, current: dict, keys=None) -> List[str]:
+    """Keys (of ``keys``, default all) whose values differ between two plans, as
+    ``'key'`` or, for dict values such as encoder descriptions,
+    ``'key.field (a != b)'`` naming the first differing fields."""
+    previous, current = _as_saved(previous), _as_saved(current)
+    keys = sorted(set(previous) | set(current)) if keys is None else list(keys)
+    out = []
+    for key in keys:
+        a, b = previous.get(key), current.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            fields = [f for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+            out.append(f'{key}.' + ', '.join(
+                f'{f} ({str(a.get(f))[:16]} != {str(b.get(f))[:16]})' for f in fields[:3]))
+        else:
+            out.append(key if not isinstance(a, (str, int, float, type(None))) else
+                       f'{key} ({str(a)[:24]} != {str(b)[:24]})')
+    return out
 
 
 def default_out(memory: dict, split: str) -> str:
@@ -109,6 +140,7 @@ class MemoryBuilder:
         self.records, self.source = load_panoptic_records(cfg, split)
         if not self.records:
             raise MemoryBuildError(f'the {split} dataset has no images')
+        self._check_records()
         self.key_encoder = build_memory_encoder(self.memory['key_encoder']).to(self.device)
         dense_cfg = None if query_cache_only else self.memory.get('dense_encoder')
         self.dense_encoder = (build_memory_encoder(dense_cfg).to(self.device)
@@ -131,7 +163,19 @@ class MemoryBuilder:
 
     def _plan_as_saved(self) -> dict:
         """The plan as it reads back from JSON (tuples become lists), for comparisons."""
-        return json.loads(json.dumps(self.plan))
+        return _as_saved(self.plan)
+
+    def _check_records(self) -> None:
+        """Checks on the records before any encoder is built (cheap, fail early)."""
+        ids = [r['img_id'] for r in self.records]
+        if len(set(ids)) != len(ids):
+            seen, dup = set(), []
+            for i in ids:
+                if i in seen:
+                    dup.append(i)
+                seen.add(i)
+            raise MemoryBuildError(f'{self.source["ann_file"]} has duplicate image ids '
+                                   f'(e.g. {dup[:5]}); image ids must be unique')
 
     # ------------------------------------------------------------------ paths
     def _chunk_path(self, j: int) -> str:
@@ -157,7 +201,7 @@ class MemoryBuilder:
             with open(plan_path) as f:
                 previous = json.load(f)
             if previous != self._plan_as_saved():
-                differs = sorted(k for k in self.plan if previous.get(k) != self.plan[k])
+                differs = plan_differences(previous, self.plan)
                 raise MemoryBuildError(
                     f'{self.build_dir} holds a partial build of a different plan (differs in '
                     f'{differs}); pass --force to discard it or choose another --out')
@@ -269,7 +313,7 @@ class MemoryBuilder:
         key_desc = self.plan['key_encoder']
         dense_desc = self.plan['dense_encoder']
         names = {r['img_id']: r['file_name'] for r in self.records}
-        common = dict(source=self.source, key_encoder=key_desc)
+        common = self._bank_meta(dict(source=self.source, key_encoder=key_desc))
         totals = dict(num_images=0, num_segments=0, num_skipped_segments=0)
         with atomic_directory(self.out) as tmp:
             scene = object_ = None
@@ -285,6 +329,7 @@ class MemoryBuilder:
                                           segment_ids='int64', areas='int64'),
                         atomic=False)
             all_keys, all_ids = [], []
+            self._add_before_chunks(scene, object_, all_keys, all_ids, totals)
             for j in range(len(self.chunks)):
                 with np.load(self._chunk_path(j), allow_pickle=False) as data:
                     keys, ids = data['keys'], data['image_ids']
@@ -318,9 +363,191 @@ class MemoryBuilder:
                            object=None if object_ is None else 'object'),
                 query_cache='query_cache', value_dtype=value_dtype, index=index_cfg,
                 stats=dict(totals, **(stats or {})), plan=self.plan, lineage=[])
-            write_json(osp.join(tmp, 'manifest.json'), manifest)
+            write_json(osp.join(tmp, 'manifest.json'), self._root_manifest(manifest))
         shutil.rmtree(self.build_dir, ignore_errors=True)
         return self.out
+
+    # what MemoryAppender changes in a merge
+    def _bank_meta(self, common: dict) -> dict:
+        return common
+
+    def _add_before_chunks(self, scene, object_, all_keys, all_ids, totals) -> None:
+        pass
+
+    def _root_manifest(self, manifest: dict) -> dict:
+        return manifest
+
+
+def with_dataset_source(cfg: Config, split: str, ann_file: str, img_prefix: str,
+                        seg_prefix: Optional[str] = None) -> Config:
+    """A copy of ``cfg`` whose ``{split}_dataloader.dataset`` (unwrapped) reads another
+    COCO-panoptic annotation file: its dataset type, metainfo (classes) and loading
+    options stay, ``ann_file`` and ``data_prefix`` are replaced by absolute paths.
+
+    ``seg_prefix`` defaults to the COCO-panoptic layout: ``ann_file`` without
+    ``.json`` (``annotations/panoptic_X.json`` -> ``annotations/panoptic_X/``).
+    """
+    ann_file = osp.abspath(ann_file)
+    if not osp.isfile(ann_file):
+        raise FileNotFoundError(f'annotation file {ann_file} does not exist')
+    seg_prefix = osp.abspath(seg_prefix or osp.splitext(ann_file)[0])
+    img_prefix = osp.abspath(img_prefix)
+    for what, folder in (('image folder (--img-prefix)', img_prefix),
+                         ('panoptic PNG folder (--seg-prefix)', seg_prefix)):
+        if not osp.isdir(folder):
+            raise FileNotFoundError(f'{what} {folder} does not exist')
+    dataset = dataset_cfg_of(cfg, split)
+    dataset.update(ann_file=ann_file, data_root=None,
+                   data_prefix=dict(img=img_prefix + os.sep, seg=seg_prefix + os.sep))
+    cfg = copy.deepcopy(cfg)
+    cfg[f'{split}_dataloader'] = dict(dataset=dataset)
+    return cfg
+
+
+class MemoryAppender(MemoryBuilder):
+    """Build ``out`` = the memory ``parent`` + the images of another annotation file.
+
+    The parent's keys, values and per-object arrays are copied bit for bit (never
+    re-encoded); only the new images are encoded, in the same resumable/shardable
+    chunks as a build (``<out>.build/``); the FAISS indices are rebuilt over all
+    keys; ``out`` is published atomically and the parent is never modified (so it
+    cannot be ``out``). The root manifest keeps the parent's ``source`` and adds the
+    new one to ``sources`` and an entry to ``lineage`` (parent path and manifest
+    sha256, appended annotation file and sha256, number of images, time).
+
+    Refused before anything is written: image ids already in the parent (ids
+    must stay unique: they are the leak guard's and the query cache's key), and a
+    config whose memory section (encoders, value dtype, index) differs from the
+    parent's (see :func:`plan_differences`).
+
+    Args:
+        cfg (Config): The config the parent was built with (``memory`` section and
+            a ``{split}_dataloader`` whose dataset type/classes read the new file).
+        parent (str): Existing memory root.
+        ann_file (str): COCO-panoptic annotation file of the new images.
+        img_prefix (str): Folder of the new images.
+        seg_prefix (str, optional): Folder of their panoptic PNGs.
+        out (str): New memory root.
+        device (str, optional): Encoder device.
+    """
+
+    def __init__(self, cfg: Config, parent: str, ann_file: str, img_prefix: str,
+                 seg_prefix: Optional[str] = None, out: Optional[str] = None,
+                 device: Optional[str] = None):
+        self.parent_root = osp.abspath(parent.rstrip('/'))
+        self.parent_manifest = read_root_manifest(self.parent_root)
+        if not out:
+            raise MemoryBuildError('appending needs --out NEW_DIR: the result is a new memory '
+                                   f'beside the parent {self.parent_root}, which stays as is')
+        if osp.abspath(out.rstrip('/')) == self.parent_root:
+            raise MemoryBuildError(f'--out {out} is the parent memory; appending writes a new '
+                                   'memory (the parent stays untouched and loadable): choose '
+                                   'another --out')
+        banks = self.parent_manifest['banks']
+        if not banks.get('scene'):
+            raise MemoryBuildError(f'{self.parent_root} holds only a query-embedding cache, no '
+                                   'banks to append to')
+        self.parent_ids = np.load(osp.join(self.parent_root, banks['scene'], 'image_ids.npy'),
+                                  allow_pickle=False)
+        split = self.parent_manifest.get('split', 'train')
+        self.prefixes = dict(img_prefix=osp.abspath(img_prefix),
+                             seg_prefix=osp.abspath(seg_prefix or osp.splitext(
+                                 osp.abspath(ann_file))[0]))
+        super().__init__(with_dataset_source(cfg, split, ann_file, img_prefix, seg_prefix),
+                         split=split, out=out, device=device)
+        self._check_parent_plan()
+        # a partial build belongs to this parent: another parent is another plan
+        self.plan['parent'] = dict(root=self.parent_root,
+                                   manifest_sha256=self.parent_manifest['_sha256'])
+
+    def _check_records(self) -> None:
+        super()._check_records()
+        ids = np.array([r['img_id'] for r in self.records], np.int64)
+        clash = np.intersect1d(ids, self.parent_ids)
+        if len(clash):
+            raise MemoryBuildError(
+                f'{len(clash)} of the {len(ids)} image ids of {self.source["ann_file"]} are '
+                f'already in the memory {self.parent_root} (e.g. {clash[:5].tolist()}); image '
+                'ids must be unique across a memory. Renumber the new images (e.g. above '
+                f'{int(self.parent_ids.max())}, the largest id in the parent) or leave out '
+                'the images it already holds.')
+
+    def _check_parent_plan(self) -> None:
+        parent = self.parent_manifest
+        theirs = dict(key_encoder=parent['encoders']['key'],
+                      dense_encoder=parent['encoders'].get('dense'),
+                      value_dtype=parent['value_dtype'], index=parent['index'])
+        ours = dict(key_encoder=self.plan['key_encoder'],
+                    dense_encoder=self.plan['dense_encoder'],
+                    value_dtype=self.memory.get('value_dtype', 'float16'),
+                    index=normalize_index_cfg(self.memory.get('index')))
+        differs = plan_differences(theirs, ours)
+        if differs:
+            raise MemoryBuildError(
+                f'cannot append to {self.parent_root}: the config\'s memory section differs '
+                f'from the one it was built with in {"; ".join(differs)} (parent != config). '
+                'Appended images must be encoded exactly like the parent\'s; use the config '
+                'the parent was built with, or build a new memory.')
+
+    def _bank_meta(self, common: dict) -> dict:
+        parent_source = self.parent_manifest['source']
+        return dict(common, source=parent_source, sources=self._sources())
+
+    def _sources(self) -> List[dict]:
+        return list(self.parent_manifest.get('sources') or [self.parent_manifest['source']]) + [
+            dict(self.source, **self.prefixes)]
+
+    def _add_before_chunks(self, scene, object_, all_keys, all_ids, totals) -> None:
+        parent = MemoryRoot(self.parent_root, verify=True)
+        if parent.manifest['_sha256'] != self.plan['parent']['manifest_sha256']:
+            raise MemoryBuildError(f'{self.parent_root} changed since this append started '
+                                   '(manifest sha256 differs); start over with --force')
+        if scene is not None:
+            _copy_bank(parent.scene_bank, scene)
+        if object_ is not None:
+            if parent.object_bank is None:
+                raise MemoryBuildError(f'{self.parent_root} has no object bank to extend')
+            _copy_bank(parent.object_bank, object_)
+        cache = parent.query_cache
+        if cache is not None:
+            all_keys.append(np.asarray(cache.embeddings, np.float32))
+            all_ids.append(np.asarray(cache.image_ids, np.int64))
+        else:
+            all_keys.append(np.asarray(parent.scene_bank.keys, np.float32))
+            all_ids.append(np.asarray(parent.scene_bank.image_ids, np.int64))
+        stats = parent.manifest.get('stats', {})
+        totals['num_images'] += parent.scene_bank.num_entries
+        totals['num_segments'] += int(stats.get('num_segments', 0))
+        totals['num_skipped_segments'] += int(stats.get('num_skipped_segments', 0))
+
+    def _root_manifest(self, manifest: dict) -> dict:
+        parent = self.parent_manifest
+        appended = {k: v for k, v in self.source.items() if k != 'classes'}
+        appended.update(self.prefixes)
+        entry = dict(
+            operation='append', time=manifest['created'],
+            parent=dict(root=self.parent_root, manifest_sha256=parent['_sha256'],
+                        num_images=int(len(self.parent_ids))),
+            appended=appended)
+        manifest.update(source=parent['source'], sources=self._sources(),
+                        lineage=list(parent.get('lineage') or []) + [entry])
+        manifest['stats']['appended_images'] = len(self.records)
+        return manifest
+
+
+def _copy_bank(bank: MemoryBank, writer: BankWriter, block: int = 4096) -> None:
+    """Stream every entry of ``bank`` into ``writer`` unchanged (same dtypes, same order)."""
+    if bank.value_dim != writer.value_dim or bank.key_dim != writer.key_dim:
+        raise MemoryBuildError(f'{bank.path}: keys {bank.key_dim}-d / values {bank.value_dim}-d, '
+                               f'the new bank expects {writer.key_dim}-d / {writer.value_dim}-d')
+    files = bank.file_names or [''] * bank.num_entries
+    for start in range(0, bank.num_entries, block):
+        stop = min(start + block, bank.num_entries)
+        lo, hi = int(bank.offsets[start]), int(bank.offsets[stop])
+        writer.add(np.asarray(bank.keys[start:stop]), np.asarray(bank.values[lo:hi]),
+                   np.diff(bank.offsets[start:stop + 1]), bank.image_ids[start:stop],
+                   files[start:stop],
+                   **{name: np.asarray(array[lo:hi]) for name, array in bank.extras.items()})
 
 
 def parse_shard(text: Optional[str]) -> Optional[Tuple[int, int]]:

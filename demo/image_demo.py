@@ -1,0 +1,127 @@
+"""Panoptic segmentation of one image with a Mask2Former, MAPS or Panoptic SegFormer config.
+
+    python demo/image_demo.py IMG CONFIG CHECKPOINT --out-file out.png \
+        [--device cpu] [--score-thr 0.3] [--show-retrievals] [--cfg-options k=v ...]
+
+The image goes through the config's test pipeline and the model with mmdet's inference
+API (``init_detector`` / ``inference_detector``); the panoptic prediction is drawn with
+class names by mmdet's ``DetLocalVisualizer`` (classes and palette of the config's test
+dataset), with the boxes and scores of the thing detections above ``--score-thr``.
+
+A MAPS config loads its memory (``memory.root``) exactly as ``MemoryHook`` does in
+``tools/test.py``, with the same checks. ``--show-retrievals`` (MAPS only) puts the k
+scenes the model retrieved for this image beside the overlay, with their similarity
+scores; their files come from the bank's manifest and the config's train dataset
+(``data_root`` + ``data_prefix.img``).
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+
+
+class DemoError(ValueError):
+    """A usage error reported without a traceback."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('img', help='image file')
+    parser.add_argument('config', help='model config file')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--out-file', required=True, help='output PNG')
+    parser.add_argument('--device', default=None,
+                        help='device, e.g. cpu or cuda:0 (default: cuda:0 when available)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='draw the boxes of thing detections scoring above this')
+    parser.add_argument('--no-boxes', action='store_true',
+                        help='draw only the panoptic segmentation, no detection boxes')
+    parser.add_argument('--show-retrievals', action='store_true',
+                        help='MAPS: show the retrieved scene images and their scores')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, xxx=yyy format '
+                        '(e.g. memory.root=DIR)')
+    return parser.parse_args(argv)
+
+
+def _check_inputs(args) -> None:
+    for what, path in (('image', args.img), ('config', args.config),
+                       ('checkpoint', args.checkpoint)):
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{what} {path} does not exist')
+
+
+def _model_type(cfg) -> str:
+    return str(cfg.model.get('type', '?')).rpartition('.')[2]
+
+
+def retrieval_panel(overlay, image_name, result, images, min_height=160):
+    """The overlay followed by the retrieved scenes, each with a caption."""
+    from mmmaps.apis.visualization import add_caption, hstack, resize_to_height
+    height = max(overlay.shape[0], min_height)
+    tiles = [add_caption(resize_to_height(overlay, height),
+                         [image_name, f'prediction, {len(result)} retrieved'], 2)]
+    for rank, (image_id, score) in enumerate(result):
+        tiles.append(add_caption(resize_to_height(images.read(image_id), height),
+                                 [f'#{rank + 1} id {image_id}', f'sim {score:.3f}'], 2))
+    return hstack(tiles, gap=4)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    _check_inputs(args)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+
+    import torch
+
+    from mmmaps.apis import (BankImages, draw_panoptic, inference_panoptic,
+                             init_panoptic_model, panoptic_segments, read_rgb, uses_memory,
+                             write_png_atomic)
+    if args.show_retrievals and not (uses_memory(cfg) or _model_type(cfg) == 'MAPS'):
+        raise DemoError(f'--show-retrievals needs a MAPS config (a model that retrieves from a '
+                        f'memory); {args.config} builds a {_model_type(cfg)}')
+    device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
+    model = init_panoptic_model(cfg, args.checkpoint, device=device)
+    if args.show_retrievals and model.memory_hook is None:
+        raise DemoError(f'--show-retrievals: the {type(model).__name__} of {args.config} has no '
+                        'memory')
+    sample = inference_panoptic(model, args.img)
+    image = read_rgb(args.img, 'image')
+    overlay = draw_panoptic(image, sample, model.dataset_meta, score_thr=args.score_thr,
+                            draw_boxes=not args.no_boxes)
+
+    segments = panoptic_segments(sample, model.dataset_meta['classes'])
+    print(f'{args.img}: {len(segments)} panoptic segments' +
+          (': ' + ', '.join(f'{name} ({area} px)' for name, _, area in segments[:12])
+           if segments else ' (everything void)'))
+    out = overlay
+    if args.show_retrievals:
+        retrieval = sample.metainfo.get('retrieval')
+        if retrieval is None:
+            raise DemoError('the model retrieved nothing for this image (its head reads no '
+                            'memory: use_scene_memory/use_object_memory are off)')
+        images = BankImages(model.cfg, model.memory_hook.memory)
+        found = [(int(i), float(s)) for i, s in zip(retrieval.image_ids[0].tolist(),
+                                                    retrieval.scores[0].tolist()) if i >= 0]
+        print(f'retrieved {len(found)} scenes from {model.memory_hook.memory.root}:')
+        for rank, (image_id, score) in enumerate(found):
+            print(f'  #{rank + 1}  id {image_id:<8d} similarity {score:.4f}  '
+                  f'{images.path(image_id)}')
+        names = {osp.basename(images.file_name(i)) for i, _ in found}
+        if osp.basename(args.img) in names:
+            print(f'note: {osp.basename(args.img)} is in the memory; it retrieves itself')
+        out = retrieval_panel(overlay, osp.basename(args.img), found, images)
+    write_png_atomic(args.out_file, out)
+    print(f'wrote {args.out_file} ({out.shape[1]}x{out.shape[0]})')
+    return out
+
+
+if __name__ == '__main__':
+    from mmmaps.memory.bank import MemoryBankError
+    try:
+        main()
+    except (DemoError, FileNotFoundError, MemoryBankError) as exc:
+        sys.exit(f'image_demo.py: error: {exc}')
