@@ -19,11 +19,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..engine.hooks.memory_hook import _ENCODER_IDENTITY
 from ..memory.bank import MemoryBank, MemoryBankError
 from ..memory.builder import default_out
 from ..memory.dataset_records import dataset_cfg_of
-from ..memory.memory_root import MemoryRoot
+from ..memory.memory_root import ENCODER_IDENTITY, MemoryRoot
 from ..memory.query_cache import QueryEmbeddingCache
 from ..memory.retriever import RetrievalResult
 from ..memory.segment_pooling import rgb_to_panoptic_id
@@ -39,12 +38,12 @@ def _join(data_root: Optional[str], path: str) -> str:
 
 def same_encoder(a: dict, b: dict) -> bool:
     """Whether two encoder descriptions agree on what ``MemoryHook`` checks."""
-    return all(a.get(f) == b.get(f) for f in _ENCODER_IDENTITY)
+    return all(a.get(f) == b.get(f) for f in ENCODER_IDENTITY)
 
 
 def encoder_mismatch(what: str, memory: MemoryRoot, built: dict, recorded: dict) -> str:
     fields = [f'{f}: memory {recorded.get(f)!r}, config {built.get(f)!r}'
-              for f in _ENCODER_IDENTITY if built.get(f) != recorded.get(f)]
+              for f in ENCODER_IDENTITY if built.get(f) != recorded.get(f)]
     return (f'the {what} of the config does not match the one the memory at {memory.root} was '
             'built with (' + '; '.join(fields) + '); rebuild the memory with '
             'tools/build_memory.py CONFIG or pass the config it was built from')

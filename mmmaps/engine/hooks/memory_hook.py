@@ -14,8 +14,7 @@ from mmdet.registry import HOOKS
 
 from ...memory.bank import MemoryBankError
 from ...memory.dataset_records import dataset_cfg_of
-from ...memory.memory_root import ENCODER_IDENTITY as _ENCODER_IDENTITY
-from ...memory.memory_root import MemoryRoot
+from ...memory.memory_root import ENCODER_IDENTITY, MemoryRoot
 from ...memory.retriever import MemoryRetriever, RetrievalResult
 from ...memory.storage import sha256_file
 
@@ -99,7 +98,7 @@ def _identity_problems(saved: dict, current: dict) -> List[str]:
         a, b = saved.get(field), current.get(field)
         if a is None or b is None or a == b:
             continue
-        fields = [f for f in _ENCODER_IDENTITY if a.get(f) != b.get(f)]
+        fields = [f for f in ENCODER_IDENTITY if a.get(f) != b.get(f)]
         problems.append(f'{field.replace("_", " ")} ' + ', '.join(
             f'{f}: trained {a.get(f)!r}, memory {b.get(f)!r}' for f in fields))
     for field in ('key_dim', 'scene_dim', 'object_dim'):
@@ -202,7 +201,7 @@ class MemoryHook(Hook):
         bank_key = memory.key_encoder
         model_key = spec.get('key_encoder')
         if model_key is not None:
-            for field in _ENCODER_IDENTITY:
+            for field in ENCODER_IDENTITY:
                 if field in model_key and model_key.get(field) != bank_key.get(field):
                     problems.append(f'key encoder {field}: bank {bank_key.get(field)!r}, '
                                     f'model {model_key.get(field)!r}')

@@ -180,7 +180,8 @@ class PanopticSegFormerHead(DeformableDETRHead):
         """
         query = hidden_states[-1]
         preds = None
-        if self.has_location_decoder:
+        # the last location layer's predictions serve the matching (training) and the filter
+        if self.has_location_decoder and (gts is not None or self.query_filter is not None):
             preds = [self._location_instances(loc_cls[-1, b], loc_coords[-1, b], meta)
                      for b, meta in enumerate(batch_img_metas)]
         if self.query_filter is None:
@@ -427,7 +428,9 @@ class PanopticSegFormerHead(DeformableDETRHead):
                         **kwargs) -> List[Dict[str, Tensor]]:
         """Mask-decoder outputs at inference (filtered queries, ``mask_decoder_layer``)."""
         metas = [sample.metainfo for sample in batch_data_samples]
-        loc_cls, loc_coords = self.location_predictions(hidden_states, references)
+        loc_cls = loc_coords = None
+        if self.query_filter is not None:  # the auxiliary branches only rank queries here
+            loc_cls, loc_coords = self.location_predictions(hidden_states, references)
         query, query_pos, _, _ = self._thing_inputs(hidden_states, query_pos, loc_cls,
                                                     loc_coords, metas)
         num_layers = (self.test_cfg or {}).get('mask_decoder_layer')

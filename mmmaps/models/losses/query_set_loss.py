@@ -55,7 +55,8 @@ def query_set_losses(cls_logits: Tensor, mask_logits: Tensor,
         weights[b] = assignment.weight
         pred_masks.append(mask_logits[b, assignment.query_inds])
         target_masks.append(assignment.masks)
-        mask_weights.append(weights[b, :len(assignment.query_inds)])
+        mask_weights.append(cls_logits.new_full((len(assignment.query_inds), ),
+                                                assignment.weight))
     num_pos = sum(len(a.query_inds) for a in assignments)
     avg_factor = reduce_mean(cls_logits.new_tensor(float(num_pos))).clamp(min=1).item()
     loss_c = loss_cls(cls_logits.reshape(-1, num_classes), labels.flatten(),
