@@ -17,7 +17,7 @@ trap 'echo "main_job: FAILED at: $BASH_COMMAND" >&2' ERR
 
 bash tools/setup_env.sh
 # shellcheck disable=SC1091
-source "${MMMAPS_VENV:-${MMMAPS_CACHE:-$HOME/.cache/mmmaps}/venv}/bin/activate"
+source "$(bash tools/setup_env.sh --print-venv)/bin/activate"
 
 echo "==> synthetic dataset"
 python tools/dataset_converters/make_synthetic_panoptic.py --out data/synthetic \

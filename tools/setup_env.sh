@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # Create (or reuse) the mmmaps virtual environment and install the pinned stack.
 #
-#   bash tools/setup_env.sh [--tests] [--optional]
+#   bash tools/setup_env.sh [--tests] [--optional] [--torch LINE] [--python X.Y] [--print-venv]
+#
+#   --torch LINE   the torch line of the support matrix (README "Support matrix"):
+#                    2.5  torch 2.5.1,  numpy 1.x, python 3.11 by default  (the CI default)
+#                    2.11 torch 2.11.0, numpy 2.x, python 3.12 by default
+#                  Each line has its requirement file requirements/build[-torchLINE].txt and
+#                  its own venv; the default line keeps ~/.cache/mmmaps/venv.
+#   --python X.Y   interpreter of a new venv (default: the line's; PYTHON=/path overrides)
+#   --print-venv   print the venv path of these options and exit (installs nothing)
 #
 # Idempotent: when the venv already holds exactly what the requirement files ask for
 # (a stamp records their checksum) and the key imports work, only the editable install
 # of this checkout is refreshed, which takes seconds.
 #
 # Environment variables:
-#   MMMAPS_VENV   venv location              (default: ~/.cache/mmmaps/venv)
+#   MMMAPS_VENV   venv location              (default: ~/.cache/mmmaps/venv for the default
+#                                             line, ~/.cache/mmmaps/venv-torchLINE-pyX.Y else)
 #   MMMAPS_CACHE  wheel cache and logs       (default: ~/.cache/mmmaps)
-#   PYTHON        interpreter for a new venv (default: python3.11)
+#   PYTHON        interpreter for a new venv (default: pythonX.Y of --python)
 #   MAX_JOBS      parallel jobs for the mmcv build (default: number of cores)
 #
 # Print `source "$MMMAPS_VENV/bin/activate"` afterwards to use the environment.
@@ -18,22 +27,45 @@ set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${MMMAPS_CACHE:-$HOME/.cache/mmmaps}
-VENV=${MMMAPS_VENV:-$CACHE/venv}
-PYTHON=${PYTHON:-python3.11}
 REQ=$ROOT/requirements
-LOGDIR=$CACHE/logs
-mkdir -p "$CACHE" "$LOGDIR"
 
 WANT_TESTS=0
 WANT_OPTIONAL=0
-for arg in "$@"; do
-  case $arg in
-    --tests) WANT_TESTS=1 ;;
-    --optional) WANT_OPTIONAL=1 ;;
-    -h|--help) sed -n 2,17p "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) echo "setup_env: unknown argument '$arg' (expected --tests or --optional)" >&2; exit 2 ;;
+PRINT_VENV=0
+TORCH_LINE=2.5
+PY_VERSION=""
+while (($#)); do
+  case $1 in
+    --tests) WANT_TESTS=1; shift ;;
+    --optional) WANT_OPTIONAL=1; shift ;;
+    --print-venv) PRINT_VENV=1; shift ;;
+    --torch) TORCH_LINE=${2:-}; shift 2 ;;
+    --python) PY_VERSION=${2:-}; shift 2 ;;
+    -h|--help) sed -n 2,27p "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "setup_env: unknown argument '$1' (expected --tests, --optional, --torch LINE," \
+            "--python X.Y or --print-venv)" >&2; exit 2 ;;
   esac
 done
+
+# --- the torch line -------------------------------------------------------------
+case $TORCH_LINE in
+  2.5) BUILD_REQ=$REQ/build.txt; LINE_PYTHON=3.11 ;;
+  2.11) BUILD_REQ=$REQ/build-torch2.11.txt; LINE_PYTHON=3.12 ;;
+  *) echo "setup_env: unknown torch line '$TORCH_LINE' (expected 2.5 or 2.11)" >&2; exit 2 ;;
+esac
+PY_VERSION=${PY_VERSION:-$LINE_PYTHON}
+PYTHON=${PYTHON:-python$PY_VERSION}
+if [[ $TORCH_LINE == 2.5 && $PY_VERSION == 3.11 ]]; then
+  VENV=${MMMAPS_VENV:-$CACHE/venv}
+else
+  VENV=${MMMAPS_VENV:-$CACHE/venv-torch$TORCH_LINE-py$PY_VERSION}
+fi
+LOGDIR=$CACHE/logs/$(basename "$VENV")  # per venv: two lines can be set up at once
+if [[ $PRINT_VENV == 1 ]]; then
+  echo "$VENV"
+  exit 0
+fi
+mkdir -p "$CACHE" "$LOGDIR"
 
 STEP="start"
 LOG=""
@@ -71,24 +103,25 @@ stamp_of() {
   {
     cat "$@"
     echo "flavour=$FLAVOUR"
-    echo "setup_env_version=1"
+    echo "setup_env_version=2"
   } | sha256sum | cut -d' ' -f1
 }
 STAMP_FILE=$VENV/.mmmaps-stamp
-STAMP=$(stamp_of "$REQ/build.txt" "$REQ/mminstall.txt" "$REQ/runtime.txt")
+STAMP=$(stamp_of "$BUILD_REQ" "$REQ/mminstall.txt" "$REQ/runtime.txt" "$ROOT/tools/build_mmcv.sh")
 
 # --- 1. virtual environment ---------------------------------------------------
 step "virtual environment ($VENV)"
 if [[ ! -x $VENV/bin/python ]]; then
-  command -v "$PYTHON" >/dev/null 2>&1 || {
-    echo "setup_env: '$PYTHON' not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
+  "$PYTHON" -c 'import sys' >/dev/null 2>&1 || {
+    echo "setup_env: '$PYTHON' not found; install Python $PY_VERSION or set" \
+         "PYTHON=/path/to/python$PY_VERSION" >&2
     exit 1
   }
   run_logged "$PYTHON" -m venv "$VENV"
 fi
 PY=$VENV/bin/python
 PIP=("$PY" -m pip --disable-pip-version-check)
-CONSTRAINTS=(-c "$REQ/build.txt" -c "$REQ/mminstall.txt")
+CONSTRAINTS=(-c "$BUILD_REQ" -c "$REQ/mminstall.txt")
 
 import_check() {
   "$PY" - <<'EOF' >/dev/null 2>&1
@@ -103,9 +136,9 @@ else
   rm -f "$STAMP_FILE"
 
   # --- 2. torch and build tools first ----------------------------------------
-  step "build requirements (torch, setuptools<70, numpy<2)"
+  step "build requirements ($(basename "$BUILD_REQ"): torch, numpy, setuptools<70)"
   run_logged "${PIP[@]}" install -U "pip<25"
-  run_logged "${PIP[@]}" install -r "$REQ/build.txt" -c "$REQ/build.txt"
+  run_logged "${PIP[@]}" install -r "$BUILD_REQ" -c "$BUILD_REQ"
 
   # --- 3. mmcv from source with ops ------------------------------------------
   step "mmcv 2.1.0 with ops ($FLAVOUR)"
@@ -117,20 +150,12 @@ else
   else
     if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
       echo "    building mmcv $MMCV_VERSION from source (about 17 min on 2 cores; log: $LOGDIR)"
-      TMP_WHEEL_DIR=$(mktemp -d "$CACHE/wheels.tmp.XXXXXX")
       if [[ $FLAVOUR == cuda ]]; then
-        export FORCE_CUDA=1
+        run_logged bash "$ROOT/tools/build_mmcv.sh" --python "$PY" --out "$WHEEL_DIR" \
+          --cuda-arch "$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")"
       else
-        export FORCE_CUDA=0
-        # nvcc without a GPU must not switch mmcv to a CUDA build.
-        export CUDA_VISIBLE_DEVICES=""
+        run_logged bash "$ROOT/tools/build_mmcv.sh" --python "$PY" --out "$WHEEL_DIR"
       fi
-      MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} run_logged \
-        "${PIP[@]}" wheel --no-build-isolation --no-deps --no-cache-dir \
-        "mmcv==$MMCV_VERSION" -w "$TMP_WHEEL_DIR"
-      mkdir -p "$(dirname "$WHEEL_DIR")"
-      rm -rf "$WHEEL_DIR"
-      mv "$TMP_WHEEL_DIR" "$WHEEL_DIR"  # only a finished build gets the cache name
     else
       echo "    using cached wheel in $WHEEL_DIR"
     fi

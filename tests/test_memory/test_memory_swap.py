@@ -19,6 +19,7 @@ from mmengine.config import Config
 from mmdet.registry import HOOKS
 
 from mmmaps.memory import MemoryBank, MemoryBankError, MemoryRetriever, MemoryRoot
+from mmmaps.utils.checkpoint_loading import safe_torch_load
 from mmmaps.engine.hooks.memory_hook import StatsMemoryRetriever
 from mmmaps.memory.builder import MemoryAppender, MemoryBuildError, plan_differences
 from mmmaps.memory.memory_root import read_root_manifest
@@ -379,7 +380,7 @@ def test_retrieval_statistics_are_logged_in_training(trained_maps):
 def test_trained_maps_evaluates_with_the_original_and_an_appended_memory(
         synthetic_root, synthetic_memory, appended_memory, trained_maps):
     ckpt = trained_maps['ckpt']
-    meta = torch.load(ckpt, map_location='cpu', weights_only=False)['meta']['memory']
+    meta = safe_torch_load(ckpt, map_location='cpu')['meta']['memory']
     assert meta['root'] == synthetic_memory and meta['num_images'] == 8
     for name, memory, expected in (
             ('original', synthetic_memory, 'is the memory the checkpoint was trained with'),

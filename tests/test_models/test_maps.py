@@ -15,6 +15,7 @@ from mmdet.utils import register_all_modules
 
 from mmmaps.models import MemoryCrossAttention
 from mmmaps.models.dense_heads import MemoryInputs
+from mmmaps.utils.checkpoint_loading import safe_torch_load
 
 from ..conftest import REPO_ROOT, TINY_M2F, load_config_with_root
 
@@ -229,7 +230,7 @@ def test_tiny_maps_trains_and_tests_through_the_tools(synthetic_root, synthetic_
     log = proc.stdout + proc.stderr
     assert 'leak guard (exclude the query image) on' in log and 'object bank' in log
     ckpt = osp.join(work, 'iter_2.pth')
-    meta = torch.load(ckpt, map_location='cpu', weights_only=False)['meta']
+    meta = safe_torch_load(ckpt, map_location='cpu')['meta']
     assert meta['memory']['root'] == synthetic_memory
     proc = run_tool(['tools/test.py', TINY_MAPS, ckpt, '--work-dir', work, '--cfg-options',
                      f'memory.root={synthetic_memory}'] + loaders, synthetic_root)
