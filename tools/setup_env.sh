@@ -107,7 +107,8 @@ stamp_of() {
   } | sha256sum | cut -d' ' -f1
 }
 STAMP_FILE=$VENV/.mmmaps-stamp
-STAMP=$(stamp_of "$BUILD_REQ" "$REQ/mminstall.txt" "$REQ/runtime.txt" "$ROOT/tools/build_mmcv.sh")
+STAMP=$(stamp_of "$BUILD_REQ" "$REQ/mminstall.txt" "$REQ/runtime.txt" "$REQ/numpy2-nodeps.txt" \
+  "$REQ/numpy2-extra.txt" "$ROOT/tools/build_mmcv.sh")
 
 # --- 1. virtual environment ---------------------------------------------------
 step "virtual environment ($VENV)"
@@ -173,6 +174,13 @@ else
 
   step "runtime requirements (open_clip, faiss, pycocotools, panopticapi)"
   RUNTIME=$(grep -v -E '^\s*(#|$)' "$REQ/runtime.txt" | sed 's/\s*#.*//')
+  NUMPY_MAJOR=$("$PY" -c "import numpy; print(numpy.__version__.split('.')[0])")
+  if ((NUMPY_MAJOR >= 2)); then
+    NODEPS=$(grep -v -E '^\s*(#|$)' "$REQ/numpy2-nodeps.txt" | sed 's/\s*#.*//')
+    RUNTIME=$(echo "$RUNTIME" | grep -v -x -F "$NODEPS")
+    run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" -r "$REQ/numpy2-extra.txt"
+    run_logged "${PIP[@]}" install --no-deps $NODEPS
+  fi
   if [[ $FLAVOUR == cuda ]]; then
     RUNTIME=$(echo "$RUNTIME" | grep -v '^faiss-cpu')
     run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" $RUNTIME
