@@ -10,14 +10,12 @@ the baseline and of MAPS, MAPS once reading the query keys from the cache and on
 the frozen CLIP encoder on the images. Prints median times and MAPS / Mask2Former ratios.
 """
 import argparse
-import logging
 import os
 import os.path as osp
 import statistics
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
 
@@ -27,11 +25,11 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.dataset import pseudo_collate  # noqa: E402
 from mmengine.runner import load_checkpoint  # noqa: E402
 
-from mmdet.registry import DATASETS, HOOKS, MODELS  # noqa: E402
+from mmdet.registry import DATASETS, MODELS  # noqa: E402
 from mmdet.utils import register_all_modules  # noqa: E402
 
 from mmmaps.datasets import generate_synthetic_panoptic  # noqa: E402
-from mmmaps.memory import MemoryRoot  # noqa: E402
+from mmmaps.memory import build_external_memory  # noqa: E402
 from mmmaps.memory.builder import MemoryBuilder  # noqa: E402
 
 
@@ -92,14 +90,15 @@ def main():
             # same weights where the architectures agree, so both make the same kind of
             # predictions and post-processing costs the same
             maps.load_state_dict(baseline.state_dict(), strict=False)
-        HOOKS.build(dict(type='MemoryHook')).before_run(
-            SimpleNamespace(cfg=maps_cfg, model=maps, logger=logging.getLogger('bench')))
-        val_cache = MemoryRoot(maps_cfg.memory.root + '_val').query_cache
+        # the same memory twice: query keys from its caches (train + val, by image content),
+        # and the CLIP key encoder run on every image
+        cached = build_external_memory(maps_cfg.memory, device=args.device)
+        on_the_fly = build_external_memory(maps_cfg.memory, device=args.device,
+                                           query_caches=False)
         train_set = DATASETS.build(maps_cfg.train_dataloader.dataset)
         val_set = DATASETS.build(maps_cfg.val_dataloader.dataset)
         train_batch = pseudo_collate([train_set[i] for i in range(args.batch)])
         val_batch = pseudo_collate([val_set[i] for i in range(args.batch)])
-        train_cache = maps.memory.query_cache
 
         def train_step(model):
             model.train()
@@ -113,22 +112,22 @@ def main():
             with torch.no_grad():
                 model.test_step(val_batch)
 
-        def with_caches(step, train, val):
+        def with_memory(step, memory):
             def run():
-                maps.memory.query_cache, maps.eval_query_cache = train, val
+                maps.attach_memory(memory)
                 step(maps)
             return run
 
         rows = []
         t_base, t_cached, t_encoded = timed_interleaved(
-            [lambda: train_step(baseline), with_caches(train_step, train_cache, None),
-             with_caches(train_step, None, None)], args.reps, sync)
+            [lambda: train_step(baseline), with_memory(train_step, cached),
+             with_memory(train_step, on_the_fly)], args.reps, sync)
         rows += [('train step', 'Mask2Former', t_base, 1.0),
                  ('train step', 'MAPS, cached query keys', t_cached, t_cached / t_base),
                  ('train step', 'MAPS, CLIP on the fly', t_encoded, t_encoded / t_base)]
         i_base, i_cached, i_encoded = timed_interleaved(
-            [lambda: test_step(baseline), with_caches(test_step, train_cache, val_cache),
-             with_caches(test_step, train_cache, None)], args.reps, sync)
+            [lambda: test_step(baseline), with_memory(test_step, cached),
+             with_memory(test_step, on_the_fly)], args.reps, sync)
         rows += [('inference', 'Mask2Former', i_base, 1.0),
                  ('inference', 'MAPS, cached query keys', i_cached, i_cached / i_base),
                  ('inference', 'MAPS, CLIP on the fly', i_encoded, i_encoded / i_base)]

@@ -8,6 +8,7 @@ wall time of ``MemoryRetriever.query`` for one batch (search + gathering scene a
 values from the memory-mapped CSR bank), median over many batches.
 """
 import argparse
+import hashlib
 import os.path as osp
 import sys
 import tempfile
@@ -34,8 +35,9 @@ def build(path, keys, objects_per_image, index):
     for s in range(0, len(keys), step):
         part = keys[s:s + step]
         counts = np.full(len(part), objects_per_image)
+        ids = np.arange(s, s + len(part))
         writer.add(part, rng.standard_normal((counts.sum(), keys.shape[1])).astype(np.float16),
-                   counts, np.arange(s, s + len(part)))
+                   counts, ids, [hashlib.sha256(str(i).encode()).hexdigest() for i in ids])
     writer.commit()
     return MemoryBank.load(path, verify=False)
 
@@ -70,12 +72,12 @@ def main():
                 bank = build(osp.join(tmp, f'{size}_{name.replace(" ", "_")}'), keys,
                              args.objects_per_image, index)
                 build_s = time.perf_counter() - start
-                retriever = MemoryRetriever(bank, bank, k=args.k)
+                retriever = MemoryRetriever(bank, bank, max_objects=16 * args.k)
                 times, found = [], []
                 for b in range(0, args.queries, args.batch):
                     q = torch.from_numpy(queries[b:b + args.batch])
                     t0 = time.perf_counter()
-                    res = retriever.query(q)
+                    res = retriever.query(q, args.k)
                     times.append(time.perf_counter() - t0)
                     found.append(res.image_ids.numpy())
                 found = np.concatenate(found)

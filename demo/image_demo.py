@@ -85,7 +85,7 @@ def main(argv=None):
                         f'memory); {args.config} builds a {_model_type(cfg)}')
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
     model = init_panoptic_model(cfg, args.checkpoint, device=device)
-    if args.show_retrievals and model.memory_hook is None:
+    if args.show_retrievals and getattr(model, 'memory', None) is None:
         raise DemoError(f'--show-retrievals: the {type(model).__name__} of {args.config} has no '
                         'memory')
     sample = inference_panoptic(model, args.img)
@@ -103,16 +103,15 @@ def main(argv=None):
         if retrieval is None:
             raise DemoError('the model retrieved nothing for this image (its head reads no '
                             'memory: use_scene_memory/use_object_memory are off)')
-        images = BankImages(model.cfg, model.memory_hook.memory)
+        images = BankImages(model.cfg, model.memory.root)
         found = [(int(i), float(s)) for i, s in zip(retrieval.image_ids[0].tolist(),
                                                     retrieval.scores[0].tolist()) if i >= 0]
-        print(f'retrieved {len(found)} scenes from {model.memory_hook.memory.root}:')
+        print(f'retrieved {len(found)} scenes from {model.memory.root.root}:')
         for rank, (image_id, score) in enumerate(found):
             print(f'  #{rank + 1}  id {image_id:<8d} similarity {score:.4f}  '
                   f'{images.path(image_id)}')
-        names = {osp.basename(images.file_name(i)) for i, _ in found}
-        if osp.basename(args.img) in names:
-            print(f'note: {osp.basename(args.img)} is in the memory; it retrieves itself')
+        if model.memory.self_retrievals(retrieval, [args.img])[0]:
+            print(f'note: {args.img} is in the memory (same file content); it retrieves itself')
         out = retrieval_panel(overlay, osp.basename(args.img), found, images)
     write_png_atomic(args.out_file, out)
     print(f'wrote {args.out_file} ({out.shape[1]}x{out.shape[0]})')

@@ -25,6 +25,7 @@ def test_config_builds(path):
         check_memory_section(cfg.memory)
     if 'model' not in cfg:
         return
+    check_retrieval_settings_have_one_owner(cfg)
     model = MODELS.build(cfg.model)
     head = class_split_head(model)
     fusion = model.panoptic_fusion_head
@@ -61,6 +62,27 @@ def check_panoptic_segformer(model):
     head = model.bbox_head
     expected = head.num_stuff_classes if head.query_decoupling else 0
     assert head.num_stuff_queries == expected
+
+
+def _keys(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _keys(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _keys(value)
+
+
+def check_retrieval_settings_have_one_owner(cfg):
+    """k, k' and the key encoder live in ``memory`` only: the model states none of them
+    (a child config that changes ``memory.retrieval`` cannot leave a stale copy behind)."""
+    stale = {'query_encoder', 'num_retrievals', 'random_sampling', 'key_encoder', 'retrieval'}
+    found = stale & set(_keys(cfg._cfg_dict.to_dict()['model']))
+    assert not found, f'retrieval settings stated in the model section too: {sorted(found)}'
+    if 'memory' in cfg:
+        from mmmaps.memory.external_memory import RETRIEVAL_KEYS
+        assert set(cfg.memory.get('retrieval') or {}) <= set(RETRIEVAL_KEYS)
 
 
 MEMORY_BASES = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '_base_', 'memory', '*.py')))

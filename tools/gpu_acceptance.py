@@ -313,7 +313,6 @@ def write_config(ctx, family: str) -> str:
              f'val_dataloader = dict(dataset={_dataset_cfg(ctx.val_root, "val", True)!r})',
              'test_dataloader = val_dataloader']
     if family == 'maps':
-        model['query_encoder'] = dict(pretrained=None)
         memory = dict(root=ctx.memory_root, key_encoder=dict(pretrained=None),
                       dense_encoder=dict(pretrained=None),
                       build=dict(num_workers=2 if ctx.dry_run else 8))
@@ -389,16 +388,6 @@ def _num_things(cfg) -> int:
     return int(cfg.model.panoptic_fusion_head.num_things_classes)
 
 
-def _attach_memory(model, cfg):
-    """MAPS: attach the built memory as MemoryHook does at the start of a run."""
-    import logging
-
-    from mmdet.registry import HOOKS
-    hook = HOOKS.build(dict(type='MemoryHook'))
-    hook.before_run(SimpleNamespace(cfg=cfg, model=model,
-                                    logger=logging.getLogger('gpu_acceptance')))
-
-
 def _optim_wrapper(model, cfg):
     from mmengine.optim import build_optim_wrapper
     optim = cfg.optim_wrapper.copy()
@@ -424,11 +413,23 @@ def _test_step(model, batch):
         model.test_step(batch)
 
 
+def _measure(model, optim_wrapper, train_batch, val_batches, sizes, device):
+    """Median train-step and inference seconds, and the peak GPU memory of training."""
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    step = _timed(lambda: _train_step(model, optim_wrapper, train_batch), sizes['warmup'],
+                  sizes['steps'])
+    peak = _gib(torch.cuda.max_memory_allocated()) if device.type == 'cuda' else None
+    batches = itertools.cycle(val_batches)
+    infer = _timed(lambda: _test_step(model, next(batches)), 1, len(val_batches))
+    return statistics.median(step), statistics.median(infer), peak
+
+
 def models(ctx) -> dict:
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
-    from mmmaps.memory import MemoryRoot
+    from mmmaps.memory import build_external_memory
     if not getattr(ctx, 'memory_root', None):
         raise RuntimeError('the models section needs the memory_build section')
     register_all_modules()
@@ -444,35 +445,26 @@ def models(ctx) -> dict:
         model.init_weights()  # as the Runner does: e.g. DETR's level embeddings start empty
         model = model.to(device)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        if family == 'maps':
-            _attach_memory(model, cfg)
         train_batch, val_batches = _batches(cfg, ctx, _num_things(cfg))
         optim_wrapper = _optim_wrapper(model, cfg)
-        variants = [('', None)]
-        if family == 'maps':
-            val_cache = MemoryRoot(ctx.memory_root + '_val').query_cache
-            train_cache = model.memory.query_cache
-            variants = [(', cached keys', (train_cache, val_cache)),
-                        (', CLIP on the fly', (None, None))]
+        # MAPS twice: query keys from the memory's caches (train + val, by image content),
+        # and the CLIP key encoder run on every image
+        variants = [('', None)] if family != 'maps' else [
+            (', cached keys', True), (', CLIP on the fly', False)]
         for suffix, caches in variants:
             if caches is not None:
-                model.memory.query_cache, model.eval_query_cache = caches
-            if device.type == 'cuda':
-                torch.cuda.reset_peak_memory_stats()
-            step = _timed(lambda: _train_step(model, optim_wrapper, train_batch),
-                          sizes['warmup'], sizes['steps'])
-            peak = _gib(torch.cuda.max_memory_allocated()) if device.type == 'cuda' else None
-            batches = itertools.cycle(val_batches)
-            infer = _timed(lambda: _test_step(model, next(batches)), 1, len(val_batches))
+                model.attach_memory(build_external_memory(cfg.memory, device=device,
+                                                          query_caches=caches))
             name = family + suffix
-            times[name] = (statistics.median(step), statistics.median(infer))
+            train_s, infer_s, peak = _measure(model, optim_wrapper, train_batch, val_batches,
+                                              sizes, device)
+            times[name] = (train_s, infer_s)
             rows.append({'model': name, 'params M': round(params, 2),
                          'train step s (bf16, batch %d, %dx%d)' % (
-                             sizes['batch'], *sizes['train_size']):
-                         round(times[name][0], 3),
+                             sizes['batch'], *sizes['train_size']): round(train_s, 3),
                          'peak train GiB': peak,
                          'inference img/s (fp32, %dx%d)' % sizes['val_size']:
-                         round(1 / times[name][1], 2)})
+                         round(1 / infer_s, 2)})
         del model, optim_wrapper
         if device.type == 'cuda':
             torch.cuda.empty_cache()

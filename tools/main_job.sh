@@ -25,6 +25,8 @@ python tools/dataset_converters/make_synthetic_panoptic.py --out data/synthetic 
 
 echo "==> MAPS memory of the train split (scene + object banks, query cache; CLIP ViT-S/16)"
 python tools/build_memory.py "$MAPS"
+echo "==> audit: no training image may retrieve itself (exit 1 on a leak)"
+python tools/analysis/audit_memory.py "$MAPS"
 
 echo "==> untrained references"
 for pair in "untrained:$BASELINE" "untrained_psf:$PSF"; do

@@ -7,7 +7,7 @@ RQ, AP, mIoU) and writes all metrics to ``WORK_DIR/metrics.json``.
 A MAPS checkpoint can be evaluated with another memory than the one it was
 trained with, without retraining: ``--memory DIR`` (e.g. the training memory
 plus newly labelled images, ``tools/build_memory.py CONFIG --append``). It is
-``--cfg-options memory.root=DIR`` for every ``MemoryHook``, and the hook logs
+``--cfg-options memory.root=DIR`` marked as a deliberate swap, and the hook logs
 which memory (recorded in the checkpoint meta) the new one replaces; a memory
 built with other encoders or dimensions is refused.
 """
@@ -91,7 +91,7 @@ def _is_memory_hook(hook) -> bool:
 
 
 def _swap_memory(cfg, root: str, config: str) -> None:
-    """``--memory``: every MemoryHook reads ``root``, marked as a deliberate swap."""
+    """``--memory``: the run reads ``root`` (``memory.root``), marked as a deliberate swap."""
     from mmengine.logging import print_log
 
     from mmmaps.memory.memory_root import read_root_manifest
@@ -107,13 +107,11 @@ def _swap_memory(cfg, root: str, config: str) -> None:
     manifest = read_root_manifest(root)  # fails early, naming the problem
     if not manifest['banks'].get('scene'):
         raise ValueError(f'--memory {root} holds only a query-embedding cache, no memory banks')
-    previous = [h.get('memory_root') or cfg.memory.get('root') for h in hooks]
+    previous = cfg.memory.get('root')
     cfg.memory.root = root
     for hook in hooks:
-        hook['memory_root'] = root
         hook['memory_swap'] = True
-    print_log(f'--memory: {root} replaces the configured memory '
-              f'{", ".join(sorted(set(map(str, previous))))}', logger='current')
+    print_log(f'--memory: {root} replaces the configured memory {previous}', logger='current')
 
 
 def main(argv=None):

@@ -4,4 +4,4 @@
 _base_ = './maps_r50_8xb2-lsj-45k_cityscapes-panoptic.py'
 
 memory = dict(retrieval=dict(random_sampling=10))
-model = dict(panoptic_head=dict(random_sampling=10, input_masking=0.25))
+model = dict(panoptic_head=dict(input_masking=0.25))

@@ -13,16 +13,12 @@ _base_ = [
 
 model = dict(
     type='MAPS',
-    # frozen encoder of the query images' keys; must be the bank's key encoder
-    query_encoder={{_base_.memory.key_encoder}},
     panoptic_head=dict(
         type='MAPSMask2FormerHead',
         scene_layers=(0, 1),
         object_layers=(2, 3),
         scene_memory_dims=384,  # ViT-S/16 CLS embedding
         object_memory_dims=384,  # TiledCLIP ViT-S/16 features
-        memory_num_heads=1,
-        num_retrievals={{_base_.memory.retrieval.k}},
-        random_sampling={{_base_.memory.retrieval.random_sampling}}))
+        memory_num_heads=1))
 
 custom_hooks = [dict(type='MemoryHook')]

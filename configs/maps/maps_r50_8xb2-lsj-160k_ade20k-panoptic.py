@@ -14,16 +14,12 @@ _base_ = [
 memory = dict(root='work_dirs/memory/ade20k_train')
 model = dict(
     type='MAPS',
-    # frozen encoder of the query images' keys; must be the bank's key encoder
-    query_encoder={{_base_.memory.key_encoder}},
     panoptic_head=dict(
         type='MAPSMask2FormerHead',
         scene_layers=(0, 1, 2),
         object_layers=(3, 4, 5),
         scene_memory_dims=512,  # CLIP ViT-B/16 CLS embedding
         object_memory_dims=512,  # TiledCLIP ViT-B/16 features
-        memory_num_heads=1,
-        num_retrievals={{_base_.memory.retrieval.k}},
-        random_sampling={{_base_.memory.retrieval.random_sampling}}))
+        memory_num_heads=1))
 
 custom_hooks = [dict(type='MemoryHook')]

@@ -4,23 +4,22 @@ mmdet's ``init_detector`` / ``inference_detector`` do the work; what mmmaps adds
 
 - the class names and palette come from the config's test dataset (an untrained or
   converted checkpoint carries none, and mmdet would fall back to COCO's 80 classes);
-- a MAPS model gets its memory the way a run does: :func:`load_memory` runs
-  :class:`~mmmaps.engine.hooks.MemoryHook`'s own ``before_run`` on a stand-in for the
-  Runner, so loading ``memory.root``, the manifest/sha256 checks, the model/bank fit
-  check and the retriever settings are exactly those of ``tools/train.py``/``test.py``;
+- a MAPS model gets its memory as a run does: :func:`~mmmaps.memory.build_external_memory`
+  from the config's ``memory`` section, attached with ``model.attach_memory``, the
+  checkpoint's recorded memory compared as ``MemoryHook`` does;
 - annotation loading is dropped from the test pipeline (a lone image has none).
 """
 import copy
 import os.path as osp
 import warnings
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from ..engine.hooks.memory_hook import MemoryHook
-from ..memory.retriever import RetrievalResult
+from ..engine.hooks.memory_hook import check_checkpoint_memory
+from ..memory.external_memory import build_external_memory
 
 _ANNOTATION_LOADERS = ('LoadAnnotations', 'LoadPanopticAnnotations', 'LoadSemSegAnnotations')
 
@@ -29,87 +28,9 @@ def _short_type(cfg: dict) -> str:
     return str(cfg.get('type', '')).rpartition('.')[2]
 
 
-def memory_hook_cfg(cfg: Config) -> Optional[dict]:
-    """The ``MemoryHook`` entry of ``cfg.custom_hooks`` (without ``type``), or None."""
-    for hook in cfg.get('custom_hooks') or []:
-        if _short_type(hook) == 'MemoryHook':
-            hook = copy.deepcopy(dict(hook))
-            hook.pop('type')
-            hook.pop('priority', None)
-            return hook
-    return None
-
-
 def uses_memory(cfg: Config) -> bool:
     """Whether the config's model reads a MAPS memory (it has a MemoryHook)."""
-    return memory_hook_cfg(cfg) is not None
-
-
-class _RunnerView:
-    """What ``MemoryHook.before_run`` reads from a Runner: model, cfg and logger."""
-
-    def __init__(self, model, cfg: Config, logger):
-        self.model = model
-        self.cfg = cfg
-        self.logger = logger
-
-
-class KeyEncoderModel:
-    """Stands in for a MAPS model when only the memory is wanted (retrieval viewer).
-
-    ``MemoryHook`` checks the bank's key encoder against :meth:`memory_spec` (type,
-    arch, weights fingerprint, dim) and hands the retriever to :meth:`attach_memory`.
-    """
-
-    def __init__(self, key_encoder):
-        self.key_encoder = key_encoder
-        self.retriever = None
-        self.memory = None
-
-    def memory_spec(self) -> dict:
-        desc = self.key_encoder.describe()
-        return dict(key_encoder=desc, key_dim=desc['out_channels'])
-
-    def attach_memory(self, retriever, memory=None, eval_query_cache=None) -> None:
-        self.retriever, self.memory = retriever, memory
-
-
-def load_memory(cfg: Config, model, memory_root: Optional[str] = None, logger=None,
-                **hook_args) -> MemoryHook:
-    """Load the config's memory, check it fits ``model`` and attach it, without a Runner.
-
-    The config's own ``MemoryHook`` entry (``custom_hooks``) gives the hook's arguments;
-    ``memory_root`` and ``hook_args`` override them (e.g. ``exclude_self=False`` for an
-    image that is not in any dataset, ``use_gpu=False``).
-
-    Returns:
-        MemoryHook: the hook after ``before_run``; ``hook.memory`` is the
-        :class:`~mmmaps.memory.MemoryRoot`, ``hook.retriever`` the retriever.
-    """
-    args = memory_hook_cfg(cfg) or {}
-    args.update(hook_args)
-    if memory_root is not None:
-        args['memory_root'] = memory_root
-    hook = MemoryHook(**args)
-    hook.before_run(_RunnerView(model, cfg, logger or MMLogger.get_current_instance()))
-    return hook
-
-
-class RecordingRetriever:
-    """Wraps a retriever and keeps every :class:`RetrievalResult` it returned, so a caller
-    sees exactly what the model retrieved (same keys, k and object cap)."""
-
-    def __init__(self, retriever):
-        self.retriever = retriever
-        self.results: List[RetrievalResult] = []
-
-    def query(self, *args, **kwargs) -> RetrievalResult:
-        result = self.retriever.query(*args, **kwargs)
-        self.results.append(result)
-        return result
-
-    def __getattr__(self, name):
-        return getattr(self.retriever, name)
+    return any(_short_type(hook) == 'MemoryHook' for hook in cfg.get('custom_hooks') or [])
 
 
 def dataset_meta_of(cfg: Config) -> dict:
@@ -121,12 +42,12 @@ def dataset_meta_of(cfg: Config) -> dict:
 
 
 def init_panoptic_model(config: Config, checkpoint: str, device: str = 'cpu',
-                        memory_root: Optional[str] = None, logger=None, **memory_args):
+                        memory_root: Optional[str] = None, logger=None):
     """Build a model with mmdet's ``init_detector`` and load ``checkpoint``.
 
-    ``model.dataset_meta`` is the config's test dataset metainfo. For a MAPS config the
-    memory is loaded and attached (:func:`load_memory`, leak guard off: the demo image
-    is not a dataset image); ``model.memory_hook`` is the hook, or None.
+    ``model.dataset_meta`` is the config's test dataset metainfo. A MAPS model gets the
+    memory of ``memory.root`` (or ``memory_root``, a deliberate swap: the checkpoint's
+    recorded memory must have the same encoders) as ``model.memory``.
     """
     from mmdet.apis import init_detector
     from mmengine.runner import load_checkpoint
@@ -150,17 +71,14 @@ def init_panoptic_model(config: Config, checkpoint: str, device: str = 'cpu',
         warnings.warn(f'{checkpoint} was trained with the classes {tuple(saved_classes)}, the '
                       f'config names {tuple(meta.get("classes", ()))}; the config\'s are used')
     model.dataset_meta = meta
-    model.memory_hook = None
     if uses_memory(cfg) or hasattr(model, 'attach_memory'):
         if not hasattr(model, 'attach_memory'):
             raise TypeError(f'the config has a MemoryHook but its model '
                             f'{type(model).__name__} takes no memory')
-        memory_args.setdefault('exclude_self', False)
-        memory_args.setdefault('use_gpu', str(device).startswith('cuda'))
-        hook = load_memory(cfg, model, memory_root=memory_root, logger=logger, **memory_args)
-        view = _RunnerView(model, cfg, logger or MMLogger.get_current_instance())
-        hook.after_load_checkpoint(view, ckpt)  # warns when trained with another memory
-        model.memory_hook = hook
+        memory = build_external_memory(cfg.memory, root=memory_root, device=device)
+        model.attach_memory(memory)
+        check_checkpoint_memory(memory, ckpt, memory_swap=memory_root is not None,
+                                logger=logger or MMLogger.get_current_instance())
     return model
 
 
@@ -174,9 +92,8 @@ def pipeline_without_annotations(cfg: Config) -> list:
 def inference_panoptic(model, images, pipeline: Optional[Sequence[dict]] = None):
     """``mmdet.apis.inference_detector`` on image paths or arrays, annotations not loaded.
 
-    For a model with an attached memory, each returned sample also carries
-    ``metainfo['retrieval']``: the :class:`RetrievalResult` the model used for that image
-    (a batch of one).
+    A MAPS model's predictions carry ``metainfo['retrieval']``: the
+    :class:`~mmmaps.memory.RetrievalResult` of that image (ids, scores; no values).
     """
     from mmcv.transforms import Compose
     from mmdet.apis import inference_detector
@@ -187,21 +104,5 @@ def inference_panoptic(model, images, pipeline: Optional[Sequence[dict]] = None)
         model.cfg)
     if images and isinstance(images[0], np.ndarray):
         steps[0] = dict(steps[0], type='mmdet.LoadImageFromNDArray')
-    retriever = getattr(model, 'retriever', None)
-    recorder = None
-    if retriever is not None:
-        memory = getattr(model, 'memory', None)
-        extra = (model.eval_query_cache,) if hasattr(model, 'eval_query_cache') else ()
-        recorder = RecordingRetriever(retriever)
-        model.attach_memory(recorder, memory, *extra)
-    try:
-        results = inference_detector(model, images, test_pipeline=Compose(steps))
-    finally:
-        if recorder is not None:
-            model.attach_memory(retriever, memory, *extra)
-    if recorder is not None and recorder.results:
-        if len(recorder.results) != len(results):
-            raise RuntimeError(f'{len(recorder.results)} retrievals for {len(results)} images')
-        for sample, result in zip(results, recorder.results):
-            sample.set_metainfo(dict(retrieval=result))
+    results = inference_detector(model, images, test_pipeline=Compose(steps))
     return results if batch else results[0]

@@ -6,24 +6,19 @@
   the split the memory was built from (appended images: their recorded ``img_prefix``);
 - :class:`SourceSegments`: (image id, segment id) -> the segment's box, from the source
   panoptic annotation file (``segments_info[*].bbox``, else the panoptic PNG);
-- :func:`memory_ann_sha256s`: the annotation files whose images the memory holds;
 - :func:`retrieved_objects`: the object slots of one query of a
   :class:`~mmmaps.memory.RetrievalResult`, with each object's bank row, so its segment id
-  and area can be read from the object bank's metadata;
-- :func:`query_cache_for`: the split's query-key cache when one fits the memory.
+  and area can be read from the object bank's metadata.
 """
 import json
 import os.path as osp
-import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..memory.bank import MemoryBank, MemoryBankError
-from ..memory.builder import default_out
 from ..memory.dataset_records import dataset_cfg_of
-from ..memory.memory_root import ENCODER_IDENTITY, MemoryRoot
-from ..memory.query_cache import QueryEmbeddingCache
+from ..memory.memory_root import MemoryRoot
 from ..memory.retriever import RetrievalResult
 from ..memory.segment_pooling import rgb_to_panoptic_id
 from .visualization import read_rgb
@@ -34,19 +29,6 @@ def _join(data_root: Optional[str], path: str) -> str:
     if data_root and not osp.isabs(path):
         return osp.join(data_root, path)
     return path
-
-
-def same_encoder(a: dict, b: dict) -> bool:
-    """Whether two encoder descriptions agree on what ``MemoryHook`` checks."""
-    return all(a.get(f) == b.get(f) for f in ENCODER_IDENTITY)
-
-
-def encoder_mismatch(what: str, memory: MemoryRoot, built: dict, recorded: dict) -> str:
-    fields = [f'{f}: memory {recorded.get(f)!r}, config {built.get(f)!r}'
-              for f in ENCODER_IDENTITY if built.get(f) != recorded.get(f)]
-    return (f'the {what} of the config does not match the one the memory at {memory.root} was '
-            'built with (' + '; '.join(fields) + '); rebuild the memory with '
-            'tools/build_memory.py CONFIG or pass the config it was built from')
 
 
 class BankImages:
@@ -188,12 +170,6 @@ class SourceSegments:
         return self._pan_cache[image_id] == int(segment_id)
 
 
-def memory_ann_sha256s(memory: MemoryRoot) -> set:
-    """sha256 of every annotation file whose images are in the memory."""
-    sources = memory.manifest.get('sources') or [memory.source]
-    return {s.get('ann_sha256') for s in sources if s.get('ann_sha256')}
-
-
 def retrieved_objects(object_bank: MemoryBank, result: RetrievalResult, b: int,
                       max_objects: int) -> List[dict]:
     """The object slots of query ``b``, in slot order, each with its object-bank value row.
@@ -231,30 +207,6 @@ def retrieved_objects(object_bank: MemoryBank, result: RetrievalResult, b: int,
         raise RuntimeError('the object slots of the retrieval result do not follow the object '
                            'bank order; mmmaps.apis.retrieved_objects needs updating')
     return out
-
-
-def query_cache_for(memory: MemoryRoot, split: str, root: Optional[str] = None
-                    ) -> Optional[QueryEmbeddingCache]:
-    """The query-key cache of ``split`` that fits ``memory``'s key encoder, or None.
-
-    The memory's own cache covers the split it was built from; other splits have theirs
-    at ``ROOT_<split>`` (``tools/build_memory.py --split val --query-cache-only``).
-    """
-    if split == memory.source.get('split'):
-        cache = memory.query_cache
-    else:
-        path = default_out(dict(root=root or memory.root), split)
-        if not osp.isfile(osp.join(path, 'manifest.json')):
-            return None
-        cache = QueryEmbeddingCache.load(path)
-    if cache is None:
-        return None
-    encoder = cache.manifest.get('encoder') or {}
-    if not same_encoder(encoder, memory.key_encoder):
-        warnings.warn(f'the query cache {cache.path} was made with another key encoder than the '
-                      f'memory {memory.root}; encoding the query images instead')
-        return None
-    return cache
 
 
 def encode_images(encoder, images: Sequence[np.ndarray], batch_size: int = 8):

@@ -2,11 +2,14 @@
 from .bank import BankWriter, MemoryBank, MemoryBankError
 from .encoders import *  # noqa: F401,F403
 from .encoders import __all__ as _encoder_names
+from .external_memory import ExternalMemory, build_external_memory
+from .image_identity import ImageIdentities, image_sha256
 from .memory_root import MemoryRoot
 from .query_cache import QueryEmbeddingCache
 from .retriever import MemoryRetriever, RetrievalResult
 
 __all__ = [
     'BankWriter', 'MemoryBank', 'MemoryBankError', 'MemoryRoot', 'QueryEmbeddingCache',
-    'MemoryRetriever', 'RetrievalResult'
+    'MemoryRetriever', 'RetrievalResult', 'ExternalMemory', 'build_external_memory',
+    'ImageIdentities', 'image_sha256'
 ] + list(_encoder_names)

@@ -7,6 +7,8 @@ Layout of a bank directory::
     index.faiss        the FAISS index over ``keys``
     keys.npy           (N, D) float32, L2-normalised, one key per image
     image_ids.npy      (N,) int64
+    image_sha256.npy   (N,) 64-byte ASCII: the sha256 of each image file's bytes, its content
+                       identity (what the leak guard compares; ids and names collide)
     offsets.npy        (N + 1,) int64: the values of entry i are rows
                        ``offsets[i]:offsets[i + 1]`` (CSR layout)
     values.bin         (M, C) float16/float32, raw, memory-mapped
@@ -30,10 +32,23 @@ from .storage import (MANIFEST, MemoryBankError, atomic_directory, check_files, 
                       read_manifest, save_npy, write_json)
 
 FORMAT_NAME = 'mmmaps-memory-bank'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: image_sha256.npy (content identities)
 _VALUE_DTYPES = ('float16', 'float32')
 
-__all__ = ['BankWriter', 'MemoryBank', 'MemoryBankError', 'MANIFEST']
+__all__ = ['BankWriter', 'MemoryBank', 'MemoryBankError', 'MANIFEST', 'as_identities']
+
+IDENTITY_DTYPE = np.dtype('S64')
+
+
+def as_identities(identities: Sequence) -> np.ndarray:
+    """(n,) ``S64`` array of hex sha256 digests (str or bytes); ValueError on anything else."""
+    array = np.asarray([i.encode() if isinstance(i, str) else i for i in identities],
+                       dtype=IDENTITY_DTYPE).reshape(-1)
+    bad = [i for i in array if len(i) != 64]
+    if bad:
+        raise ValueError(f'image identities must be 64-character sha256 hex digests, got '
+                         f'{bad[:3]}')
+    return array
 
 
 class BankWriter:
@@ -50,9 +65,9 @@ class BankWriter:
         atomic (bool): Build beside ``out_dir`` and rename on commit. Set False
             when ``out_dir`` is already inside a temporary directory.
 
-    ``add(keys (n, D), values (m, C), counts (n,), image_ids (n,), file_names,
-    **extras (m,))`` may be called many times; ``commit(meta)`` builds the index
-    and writes the manifest.
+    ``add(keys (n, D), values (m, C), counts (n,), image_ids (n,), identities (n,),
+    file_names, **extras (m,))`` may be called many times; ``commit(meta)`` builds the
+    index and writes the manifest.
     """
 
     def __init__(self, out_dir: str, kind: str, key_dim: int, value_dim: int,
@@ -70,6 +85,7 @@ class BankWriter:
         self.atomic = atomic
         self._keys: List[np.ndarray] = []
         self._ids: List[np.ndarray] = []
+        self._identities: List[np.ndarray] = []
         self._counts: List[np.ndarray] = []
         self._extras: Dict[str, List[np.ndarray]] = {k: [] for k in self.extra_fields}
         self._file_names: List[str] = []
@@ -84,15 +100,16 @@ class BankWriter:
         self._committed = False
 
     def add(self, keys: np.ndarray, values: np.ndarray, counts: Sequence[int],
-            image_ids: Sequence[int], file_names: Optional[Sequence[str]] = None,
-            **extras: np.ndarray) -> None:
+            image_ids: Sequence[int], identities: Sequence,
+            file_names: Optional[Sequence[str]] = None, **extras: np.ndarray) -> None:
         keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.key_dim)
         values = np.asarray(values).reshape(-1, self.value_dim)
         counts = np.asarray(counts, dtype=np.int64).reshape(-1)
         image_ids = np.asarray(image_ids, dtype=np.int64).reshape(-1)
-        if not len(keys) == len(counts) == len(image_ids):
-            raise ValueError(f'{len(keys)} keys, {len(counts)} counts and {len(image_ids)} '
-                             'image ids must have the same length')
+        identities = as_identities(identities)
+        if not len(keys) == len(counts) == len(image_ids) == len(identities):
+            raise ValueError(f'{len(keys)} keys, {len(counts)} counts, {len(image_ids)} image '
+                             f'ids and {len(identities)} identities must have the same length')
         if int(counts.sum()) != len(values):
             raise ValueError(f'counts sum to {int(counts.sum())} but {len(values)} values given')
         if set(extras) != set(self.extra_fields):
@@ -106,6 +123,7 @@ class BankWriter:
         self._keys.append(keys)
         self._counts.append(counts)
         self._ids.append(image_ids)
+        self._identities.append(identities)
         names = list(file_names) if file_names is not None else [''] * len(keys)
         if len(names) != len(keys):
             raise ValueError(f'{len(names)} file names for {len(keys)} keys')
@@ -128,6 +146,9 @@ class BankWriter:
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             save_npy(osp.join(self.work_dir, 'keys.npy'), keys)
             save_npy(osp.join(self.work_dir, 'image_ids.npy'), image_ids)
+            save_npy(osp.join(self.work_dir, 'image_sha256.npy'),
+                     np.concatenate(self._identities) if self._identities else
+                     np.zeros(0, IDENTITY_DTYPE))
             save_npy(osp.join(self.work_dir, 'offsets.npy'), offsets)
             for name, parts in self._extras.items():
                 array = (np.concatenate(parts) if parts else
@@ -188,13 +209,15 @@ class MemoryBank:
         values (np.ndarray): (M, C) memory-mapped values (float16 or float32).
         offsets (np.ndarray): (N + 1,) int64 CSR offsets of each entry's values.
         image_ids (np.ndarray): (N,) int64.
+        identities (np.ndarray): (N,) ``S64`` sha256 of each image file (content identity).
         extras (dict[str, np.ndarray]): per-value arrays, each (M,).
         manifest (dict): the parsed manifest; ``manifest_sha256`` its checksum.
     """
 
     def __init__(self, path: str, index: faiss.Index, manifest: dict, manifest_sha256: str,
                  keys: np.ndarray, values: np.ndarray, offsets: np.ndarray,
-                 image_ids: np.ndarray, extras: Dict[str, np.ndarray], on_gpu: bool = False):
+                 image_ids: np.ndarray, identities: np.ndarray, extras: Dict[str, np.ndarray],
+                 on_gpu: bool = False):
         self.path = path
         self.index = index
         self.manifest = manifest
@@ -203,13 +226,15 @@ class MemoryBank:
         self.values = values
         self.offsets = offsets
         self.image_ids = image_ids
+        self.identities = identities
         self.extras = extras
         self.on_gpu = on_gpu
         self._row_of_id = None
+        self._rows_of_identity = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str, verify: bool = True, use_gpu: bool = False,
+    def load(cls, path: str, verify: bool = True, gpu_device: Optional[int] = None,
              index_overrides: Optional[dict] = None, in_memory: bool = False) -> 'MemoryBank':
         """Load and check a bank directory.
 
@@ -217,7 +242,8 @@ class MemoryBank:
             path (str): Bank directory (contains ``manifest.json``).
             verify (bool): Compare every file's sha256 with the manifest (catches
                 silent corruption; sizes are always checked).
-            use_gpu (bool): Move Flat/IVFPQ indices to the GPU with faiss-gpu.
+            gpu_device (int, optional): Move Flat/IVFPQ indices to this GPU when faiss has
+                GPU support (each rank passes its own device).
             index_overrides (dict, optional): search-time settings, e.g.
                 ``dict(ef_search=256)`` or ``dict(nprobe=64)``.
             in_memory (bool): Read values into RAM instead of memory-mapping.
@@ -231,11 +257,13 @@ class MemoryBank:
             try:
                 return np.load(osp.join(path, name), mmap_mode='r', allow_pickle=False)
             except (ValueError, OSError) as exc:
-                raise MemoryBankError(f'cannot read {osp.join(path, name)}: {exc}') from exc
+                raise MemoryBankError(f'cannot read {osp.join(path, name)}: {exc}; rebuild the '
+                                      'bank with tools/build_memory.py') from exc
 
         keys = npy('keys.npy')
         offsets = np.asarray(npy('offsets.npy'))
         image_ids = np.asarray(npy('image_ids.npy'))
+        identities = np.asarray(npy('image_sha256.npy'))
         extras = {name: npy(f'{name}.npy') for name in manifest.get('extra_fields', {})}
         num, num_values = manifest['num_entries'], manifest['num_values']
         value_shape = (num_values, manifest['value_dim'])
@@ -253,6 +281,9 @@ class MemoryBank:
                             f'{(num, manifest["key_dim"])}')
         if image_ids.shape != (num,):
             problems.append(f'image_ids.npy has shape {image_ids.shape}, expected {(num,)}')
+        if identities.shape != (num,) or identities.dtype != IDENTITY_DTYPE:
+            problems.append(f'image_sha256.npy has shape {identities.shape} and dtype '
+                            f'{identities.dtype}, expected {(num,)} and {IDENTITY_DTYPE}')
         if (offsets.shape != (num + 1,) or offsets[0] != 0
                 or offsets[-1] != num_values or np.any(np.diff(offsets) < 0)):
             problems.append('offsets.npy is not a valid CSR offset array for '
@@ -274,10 +305,10 @@ class MemoryBank:
         index_cfg = dict(manifest['index'], **(index_overrides or {}))
         configure_search(index, index_cfg)
         on_gpu = False
-        if use_gpu:
-            index, on_gpu = to_gpu_if_possible(index, index_cfg)
+        if gpu_device is not None:
+            index, on_gpu = to_gpu_if_possible(index, index_cfg, device=gpu_device)
         return cls(path, index, manifest, manifest_sha256, keys, values, offsets, image_ids,
-                   extras, on_gpu)
+                   identities, extras, on_gpu)
 
     # ------------------------------------------------------------------ access
     @property
@@ -333,6 +364,17 @@ class MemoryBank:
         if self._row_of_id is None:
             self._row_of_id = {int(i): r for r, i in enumerate(self.image_ids)}
         return self._row_of_id.get(int(image_id), -1)
+
+    def rows_of_identity(self, identity) -> List[int]:
+        """Rows holding the image with this content identity (sha256 hex, str or bytes;
+        several after an append that renumbered images already in the bank), or []."""
+        identity = identity.encode() if isinstance(identity, str) else bytes(identity)
+        if self._rows_of_identity is None:
+            table: Dict[bytes, List[int]] = {}
+            for row, ident in enumerate(self.identities.tolist()):
+                table.setdefault(ident, []).append(row)
+            self._rows_of_identity = table
+        return self._rows_of_identity.get(identity, [])
 
     def summary(self) -> str:
         return (f'{self.manifest.get("kind", "bank")} bank {self.path}: '

@@ -16,6 +16,7 @@ and the new root records its lineage (parent + manifest sha256, appended source)
 import copy
 import datetime
 import json
+import logging
 import os
 import os.path as osp
 import shutil
@@ -29,10 +30,11 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
-from .bank import BankWriter, MemoryBank
+from .bank import BankWriter, MemoryBank, as_identities
 from .dataset_records import dataset_cfg_of, load_panoptic_records
 from .encoders import build_memory_encoder
 from .faiss_index import normalize_index_cfg
+from .image_identity import ImageIdentities, identities_digest
 from .memory_root import FORMAT_NAME, FORMAT_VERSION, MemoryRoot, read_root_manifest
 from .query_cache import QueryEmbeddingCache
 from .segment_pooling import pool_segments, rgb_to_panoptic_id
@@ -141,6 +143,11 @@ class MemoryBuilder:
         if not self.records:
             raise MemoryBuildError(f'the {split} dataset has no images')
         self._check_records()
+        # content identities (cached per folder by name/size/mtime: a rebuild re-reads
+        # nothing, and the first training run finds them cached)
+        for record, identity in zip(self.records, ImageIdentities().of_many(
+                [r['img_path'] for r in self.records])):
+            record['identity'] = identity
         self.key_encoder = build_memory_encoder(self.memory['key_encoder']).to(self.device)
         dense_cfg = None if query_cache_only else self.memory.get('dense_encoder')
         self.dense_encoder = (build_memory_encoder(dense_cfg).to(self.device)
@@ -157,6 +164,7 @@ class MemoryBuilder:
         self.plan = dict(
             split=split, source=self.source, chunk_size=chunk, num_chunks=len(self.chunks),
             image_ids=[r['img_id'] for r in self.records],
+            images_sha256=identities_digest([r['identity'] for r in self.records]),
             key_encoder=self.key_encoder.describe(),
             dense_encoder=self.dense_encoder.describe() if self.dense_encoder else None,
             query_cache_only=query_cache_only)
@@ -267,7 +275,8 @@ class MemoryBuilder:
         items = []
         for n, (position, _, pan) in enumerate(batch):
             record = self.records[position]
-            item = dict(position=position, key=keys[n], img_id=record['img_id'])
+            item = dict(position=position, key=keys[n], img_id=record['img_id'],
+                        identity=record['identity'])
             if dense is not None:
                 seg_ids = [s[0] for s in record['segments']]
                 pooled, valid, areas = pool_segments(dense[n], pan.to(self.device), seg_ids)
@@ -284,7 +293,8 @@ class MemoryBuilder:
 
     def _save_chunk(self, j: int, items: List[dict]) -> None:
         arrays = dict(keys=np.stack([i['key'] for i in items]).astype(np.float32),
-                      image_ids=np.array([i['img_id'] for i in items], np.int64))
+                      image_ids=np.array([i['img_id'] for i in items], np.int64),
+                      identities=as_identities([i['identity'] for i in items]))
         if self.dense_encoder is not None:
             channels = self.dense_encoder.out_channels
             arrays.update(
@@ -328,19 +338,22 @@ class MemoryBuilder:
                         extra_fields=dict(category_ids='int32', is_thing='uint8',
                                           segment_ids='int64', areas='int64'),
                         atomic=False)
-            all_keys, all_ids = [], []
-            self._add_before_chunks(scene, object_, all_keys, all_ids, totals)
+            all_keys, all_ids, all_identities = [], [], []
+            self._add_before_chunks(scene, object_, all_keys, all_ids, all_identities, totals)
             for j in range(len(self.chunks)):
                 with np.load(self._chunk_path(j), allow_pickle=False) as data:
-                    keys, ids = data['keys'], data['image_ids']
+                    keys, ids, identities = data['keys'], data['image_ids'], data['identities']
                     files = [names[int(i)] for i in ids]
                     all_keys.append(keys)
                     all_ids.append(ids)
+                    all_identities.append(identities)
                     totals['num_images'] += len(ids)
                     if scene is not None:
-                        scene.add(keys, keys, np.ones(len(ids), np.int64), ids, files)
+                        scene.add(keys, keys, np.ones(len(ids), np.int64), ids, identities,
+                                  files)
                     if object_ is not None:
-                        object_.add(keys, data['values'], data['counts'], ids, files,
+                        object_.add(keys, data['values'], data['counts'], ids, identities,
+                                    files,
                                     category_ids=data['category_ids'],
                                     is_thing=data['is_thing'],
                                     segment_ids=data['segment_ids'], areas=data['areas'])
@@ -352,8 +365,8 @@ class MemoryBuilder:
                 object_.commit(dict(common, value_encoder=dense_desc,
                                     num_skipped_segments=totals['num_skipped_segments']))
             QueryEmbeddingCache.write(osp.join(tmp, 'query_cache'), np.concatenate(all_keys),
-                                      np.concatenate(all_ids), dict(common, encoder=key_desc),
-                                      atomic=False)
+                                      np.concatenate(all_ids), np.concatenate(all_identities),
+                                      dict(common, encoder=key_desc), atomic=False)
             manifest = dict(
                 format=FORMAT_NAME, format_version=FORMAT_VERSION,
                 created=datetime.datetime.now().isoformat(timespec='seconds'),
@@ -371,7 +384,8 @@ class MemoryBuilder:
     def _bank_meta(self, common: dict) -> dict:
         return common
 
-    def _add_before_chunks(self, scene, object_, all_keys, all_ids, totals) -> None:
+    def _add_before_chunks(self, scene, object_, all_keys, all_ids, all_identities,
+                           totals) -> None:
         pass
 
     def _root_manifest(self, manifest: dict) -> dict:
@@ -456,6 +470,15 @@ class MemoryAppender(MemoryBuilder):
         super().__init__(with_dataset_source(cfg, split, ann_file, img_prefix, seg_prefix),
                          split=split, out=out, device=device)
         self._check_parent_plan()
+        in_parent = set(np.load(osp.join(self.parent_root, banks['scene'], 'image_sha256.npy'),
+                                allow_pickle=False).tolist())
+        copies = [r for r in self.records if r['identity'].encode() in in_parent]
+        if copies:
+            print_log(f'{len(copies)} of the {len(self.records)} appended images are already in '
+                      f'{self.parent_root} under other ids (same bytes, e.g. id '
+                      f'{copies[0]["img_id"]} {copies[0]["img_path"]}); the memory holds them '
+                      'twice, and a training image never retrieves any copy of itself (the '
+                      'leak guard compares content)', logger='current', level=logging.WARNING)
         # a partial build belongs to this parent: another parent is another plan
         self.plan['parent'] = dict(root=self.parent_root,
                                    manifest_sha256=self.parent_manifest['_sha256'])
@@ -497,7 +520,8 @@ class MemoryAppender(MemoryBuilder):
         return list(self.parent_manifest.get('sources') or [self.parent_manifest['source']]) + [
             dict(self.source, **self.prefixes)]
 
-    def _add_before_chunks(self, scene, object_, all_keys, all_ids, totals) -> None:
+    def _add_before_chunks(self, scene, object_, all_keys, all_ids, all_identities,
+                           totals) -> None:
         parent = MemoryRoot(self.parent_root, verify=True)
         if parent.manifest['_sha256'] != self.plan['parent']['manifest_sha256']:
             raise MemoryBuildError(f'{self.parent_root} changed since this append started '
@@ -509,12 +533,11 @@ class MemoryAppender(MemoryBuilder):
                 raise MemoryBuildError(f'{self.parent_root} has no object bank to extend')
             _copy_bank(parent.object_bank, object_)
         cache = parent.query_cache
-        if cache is not None:
-            all_keys.append(np.asarray(cache.embeddings, np.float32))
-            all_ids.append(np.asarray(cache.image_ids, np.int64))
-        else:
-            all_keys.append(np.asarray(parent.scene_bank.keys, np.float32))
-            all_ids.append(np.asarray(parent.scene_bank.image_ids, np.int64))
+        source = cache if cache is not None else parent.scene_bank
+        all_keys.append(np.asarray(cache.embeddings if cache is not None else
+                                   parent.scene_bank.keys, np.float32))
+        all_ids.append(np.asarray(source.image_ids, np.int64))
+        all_identities.append(np.asarray(source.identities))
         stats = parent.manifest.get('stats', {})
         totals['num_images'] += parent.scene_bank.num_entries
         totals['num_segments'] += int(stats.get('num_segments', 0))
@@ -546,7 +569,7 @@ def _copy_bank(bank: MemoryBank, writer: BankWriter, block: int = 4096) -> None:
         lo, hi = int(bank.offsets[start]), int(bank.offsets[stop])
         writer.add(np.asarray(bank.keys[start:stop]), np.asarray(bank.values[lo:hi]),
                    np.diff(bank.offsets[start:stop + 1]), bank.image_ids[start:stop],
-                   files[start:stop],
+                   bank.identities[start:stop], files[start:stop],
                    **{name: np.asarray(array[lo:hi]) for name, array in bank.extras.items()})
 
 

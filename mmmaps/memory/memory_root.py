@@ -20,7 +20,7 @@ from .query_cache import QueryEmbeddingCache
 from .storage import read_manifest
 
 FORMAT_NAME = 'mmmaps-memory'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: banks and caches record each image's content identity
 
 # encoder fields that define the embedding space (a memory built with other values
 # holds vectors a model trained on this one cannot read)
@@ -51,7 +51,7 @@ class MemoryRoot:
         query_cache (QueryEmbeddingCache | None): the split's query keys.
     """
 
-    def __init__(self, root: str, verify: bool = True, use_gpu: bool = False,
+    def __init__(self, root: str, verify: bool = True, gpu_device: Optional[int] = None,
                  index_overrides: Optional[dict] = None, load_objects: bool = True):
         self.root = osp.abspath(root)
         self.manifest = read_root_manifest(self.root)
@@ -59,11 +59,11 @@ class MemoryRoot:
         self.scene_bank = self.object_bank = None
         if banks.get('scene'):
             self.scene_bank = MemoryBank.load(osp.join(self.root, banks['scene']),
-                                              verify=verify, use_gpu=use_gpu,
+                                              verify=verify, gpu_device=gpu_device,
                                               index_overrides=index_overrides)
         if load_objects and banks.get('object'):
             self.object_bank = MemoryBank.load(osp.join(self.root, banks['object']),
-                                               verify=verify, use_gpu=use_gpu,
+                                               verify=verify, gpu_device=gpu_device,
                                                index_overrides=index_overrides)
         self.query_cache = None
         if self.manifest.get('query_cache'):

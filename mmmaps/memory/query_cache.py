@@ -1,59 +1,66 @@
-"""Per-image query embeddings of a split, so training need not re-run the encoder.
+"""Per-image query keys of a split, so training need not re-run the key encoder.
 
 Directory layout: ``manifest.json`` (format, encoder, dims, checksums),
-``embeddings.npy`` (N, D) float32 and ``image_ids.npy`` (N,) int64.
+``embeddings.npy`` (N, D) float32, ``image_ids.npy`` (N,) int64 and ``image_sha256.npy``
+(N,) ``S64``: the content identity of each image. Keys are served by identity only: an image
+id names a file in one annotation file (COCO's ids and the 1..N ids of converted datasets
+collide), the bytes name the picture.
 """
 import datetime
 import os
 import os.path as osp
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .storage import (MANIFEST, atomic_directory, check_files, file_records, read_manifest,
-                      save_npy, write_json)
+from .bank import IDENTITY_DTYPE, as_identities
+from .storage import (MANIFEST, MemoryBankError, atomic_directory, check_files, file_records,
+                      read_manifest, save_npy, write_json)
 
 FORMAT_NAME = 'mmmaps-query-cache'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: image_sha256.npy, served by identity
 
 
 class QueryEmbeddingCache:
-    """Lookup of precomputed query embeddings by image id.
+    """Precomputed query keys, looked up by image content identity.
 
     Attributes:
         embeddings (np.ndarray): (N, D) float32, L2-normalised.
-        image_ids (np.ndarray): (N,) int64.
+        image_ids (np.ndarray): (N,) int64 (for display; never used to serve a key).
+        identities (np.ndarray): (N,) ``S64`` sha256 of each image file.
         manifest (dict): includes ``encoder`` (the encoder's ``describe()``).
     """
 
-    def __init__(self, path: str, embeddings: np.ndarray, image_ids: np.ndarray, manifest: dict,
-                 manifest_sha256: str):
+    def __init__(self, path: str, embeddings: np.ndarray, image_ids: np.ndarray,
+                 identities: np.ndarray, manifest: dict, manifest_sha256: str):
         self.path = path
         self.embeddings = embeddings
         self.image_ids = image_ids
+        self.identities = identities
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
-        self._row = {int(i): r for r, i in enumerate(image_ids)}
+        self._row = {ident: r for r, ident in enumerate(identities.tolist())}
 
     @staticmethod
     def write(out_dir: str, embeddings: np.ndarray, image_ids: Sequence[int],
-              meta: Optional[dict] = None, atomic: bool = True) -> str:
+              identities: Sequence, meta: Optional[dict] = None, atomic: bool = True) -> str:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         image_ids = np.asarray(image_ids, dtype=np.int64)
-        if embeddings.ndim != 2 or len(embeddings) != len(image_ids):
-            raise ValueError(f'embeddings {embeddings.shape} and image ids {image_ids.shape} '
-                             'do not match')
+        identities = as_identities(identities)
+        if embeddings.ndim != 2 or not len(embeddings) == len(image_ids) == len(identities):
+            raise ValueError(f'embeddings {embeddings.shape}, image ids {image_ids.shape} and '
+                             f'identities {identities.shape} do not match')
 
         def _write(folder):
             os.makedirs(folder, exist_ok=True)
-            save_npy(osp.join(folder, 'embeddings.npy'), embeddings)
-            save_npy(osp.join(folder, 'image_ids.npy'), image_ids)
-            files = file_records(folder, ('embeddings.npy', 'image_ids.npy'))
+            names = ('embeddings.npy', 'image_ids.npy', 'image_sha256.npy')
+            for name, array in zip(names, (embeddings, image_ids, identities)):
+                save_npy(osp.join(folder, name), array)
             manifest = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION,
                             created=datetime.datetime.now().isoformat(timespec='seconds'),
                             num_entries=int(len(image_ids)), dim=int(embeddings.shape[1]),
-                            files=files)
+                            files=file_records(folder, names))
             manifest.update(meta or {})
             write_json(osp.join(folder, MANIFEST), manifest)
 
@@ -69,21 +76,39 @@ class QueryEmbeddingCache:
         manifest, manifest_sha256 = read_manifest(path, FORMAT_NAME, FORMAT_VERSION,
                                                   'query embedding cache')
         check_files(path, manifest, verify)
-        embeddings = np.load(osp.join(path, 'embeddings.npy'), allow_pickle=False)
-        image_ids = np.load(osp.join(path, 'image_ids.npy'), allow_pickle=False)
-        return cls(osp.abspath(path), embeddings, image_ids, manifest, manifest_sha256)
+        arrays = [np.load(osp.join(path, name), allow_pickle=False)
+                  for name in ('embeddings.npy', 'image_ids.npy', 'image_sha256.npy')]
+        embeddings, image_ids, identities = arrays
+        if (embeddings.ndim != 2 or not len(embeddings) == len(image_ids) == len(identities)
+                or identities.dtype != IDENTITY_DTYPE):
+            raise MemoryBankError(f'query cache {path} is inconsistent: embeddings '
+                                  f'{embeddings.shape}, image ids {image_ids.shape}, identities '
+                                  f'{identities.shape} {identities.dtype}')
+        return cls(osp.abspath(path), embeddings, image_ids, identities, manifest,
+                   manifest_sha256)
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __contains__(self, image_id) -> bool:
-        return int(image_id) in self._row
+    def __contains__(self, identity) -> bool:
+        return _as_key(identity) in self._row
 
-    def lookup(self, image_ids: Sequence[int], device=None) -> torch.Tensor:
-        """(B, D) float32 embeddings of ``image_ids``; KeyError naming the missing ids."""
-        rows = [self._row.get(int(i), -1) for i in image_ids]
-        missing = [int(i) for i, r in zip(image_ids, rows) if r < 0]
-        if missing:
-            raise KeyError(f'image ids {missing[:10]} are not in the query cache {self.path} '
-                           f'({len(self)} images); was it built for this split?')
-        return torch.from_numpy(self.embeddings[rows]).to(device)
+    def lookup(self, identities: Sequence[Optional[str]],
+               device=None) -> Tuple[torch.Tensor, List[bool]]:
+        """Cached keys of the images with these identities.
+
+        Returns:
+            tuple: ``keys`` (B, D) float32 (zeros where not cached) and ``found`` (B,) bools
+            (None identities are never found).
+        """
+        rows = [self._row.get(_as_key(i), -1) if i is not None else -1 for i in identities]
+        found = [r >= 0 for r in rows]
+        keys = np.zeros((len(rows), self.embeddings.shape[1]), np.float32)
+        hit = [b for b, r in enumerate(rows) if r >= 0]
+        if hit:
+            keys[hit] = self.embeddings[[rows[b] for b in hit]]
+        return torch.from_numpy(keys).to(device), found
+
+
+def _as_key(identity) -> bytes:
+    return identity.encode() if isinstance(identity, str) else bytes(identity)

@@ -5,8 +5,9 @@ A query key retrieves the k most similar training images. Their scene values
 ground-truth segments, in retrieval order) form the object memory, capped at
 ``max_objects`` and padded.
 """
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,60 +23,97 @@ class RetrievalResult:
     Attributes:
         scene_values (Tensor): (B, k, C_s) float32.
         scene_mask (Tensor): (B, k) bool.
-        object_values (Tensor | None): (B, K_obj, C_o) float32.
-        object_mask (Tensor | None): (B, K_obj) bool.
         image_ids (Tensor): (B, k) int64 image ids of the retrieved images, -1 = pad.
         scores (Tensor): (B, k) float32 inner products with the query.
+        rows (Tensor): (B, k) int64 rows of the retrieved images in the scene bank, -1 = pad.
+        object_values (Tensor | None): (B, K_obj, C_o) float32.
+        object_mask (Tensor | None): (B, K_obj) bool.
         object_category_ids (Tensor | None): (B, K_obj) int64, -1 = pad.
         object_image_ids (Tensor | None): (B, K_obj) int64, -1 = pad.
+        query_keys (Tensor | None): (B, D) the query keys (set by ExternalMemory).
+        keys_from_cache (Tensor | None): (B,) bool, which keys came from a query cache.
     """
     scene_values: torch.Tensor
     scene_mask: torch.Tensor
     image_ids: torch.Tensor
     scores: torch.Tensor
+    rows: torch.Tensor
     object_values: Optional[torch.Tensor] = None
     object_mask: Optional[torch.Tensor] = None
     object_category_ids: Optional[torch.Tensor] = None
-    object_image_ids: Optional[torch.Tensor] = field(default=None)
+    object_image_ids: Optional[torch.Tensor] = None
+    query_keys: Optional[torch.Tensor] = None
+    keys_from_cache: Optional[torch.Tensor] = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.scene_values)
+
+    def _map(self, fn) -> 'RetrievalResult':
+        return RetrievalResult(**{f.name: None if getattr(self, f.name) is None else
+                                  fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def select(self, index: int) -> 'RetrievalResult':
+        """The retrieval of query ``index`` (leading dim 1): what one data sample carries."""
+        return self._map(lambda t: t[index:index + 1])
+
+    @classmethod
+    def cat(cls, results: List['RetrievalResult']) -> 'RetrievalResult':
+        """Concatenate per-sample results of one batch (equal object slot counts)."""
+        first = results[0]
+        return RetrievalResult(**{
+            f.name: None if getattr(first, f.name) is None else
+            torch.cat([getattr(r, f.name) for r in results]) for f in dataclasses.fields(first)})
+
+    def without_values(self) -> 'RetrievalResult':
+        """The same record with empty value tensors (ids, scores, masks and keys stay):
+        what a prediction keeps, so dumped predictions do not carry the memory."""
+        return dataclasses.replace(
+            self, scene_values=self.scene_values[..., :0],
+            object_values=None if self.object_values is None else self.object_values[..., :0])
+
+    def statistics(self, max_objects: int) -> Dict[str, float]:
+        """Per-batch means: rank-1 scene similarity (``scene_sim``), mean similarity of the
+        retrieved scenes (``scene_sim_k``), fraction of the ``max_objects`` object slots
+        holding an object (``object_slots``), fraction of keys from a cache
+        (``key_cache_hits``)."""
+        found = ~self.scene_mask.detach().cpu()
+        scores = self.scores.detach().float().cpu()
+        num = found.sum(1)
+        hit = num > 0
+        stats = {}
+        if hit.any():
+            stats['scene_sim'] = float(scores[hit, 0].mean())
+            stats['scene_sim_k'] = float(((scores * found).sum(1)[hit] / num[hit]).mean())
+        if self.object_mask is not None and max_objects > 0:
+            used = (~self.object_mask.detach().cpu()).sum(1).float() / max_objects
+            stats['object_slots'] = float(used.mean())
+        if self.keys_from_cache is not None:
+            stats['key_cache_hits'] = float(self.keys_from_cache.float().mean())
+        return stats
 
 
 class MemoryRetriever:
-    """Queries a scene bank and (optionally) an object bank.
+    """Searches a scene bank and gathers scene and (optionally) object values.
+
+    The settings come from :class:`~mmmaps.memory.ExternalMemory`, which owns them; this
+    class only searches and gathers.
 
     Args:
         scene_bank (MemoryBank): One value per image.
         object_bank (MemoryBank, optional): One value per segment, keyed by the
             same image keys.
-        k (int): Images retrieved per query (paper: 5).
         max_objects (int): Cap K_obj on object slots; objects of better-ranked
-            images come first. Default ``16 * k``.
+            images come first.
         pad_objects_to_max (bool): Pad object slots to ``max_objects`` always
             (fixed shapes) instead of to the longest in the batch.
-        random_sampling (int, optional): k' > k. When set, training queries
-            return k images sampled uniformly from the top-k' (Table 5).
-        exclude_self (bool): Leak guard: drop the query's own image id from its
-            results (search k + 1). Set when the bank was built from the
-            training images.
-        seed (int, optional): Seed of the sampling generator.
     """
 
     def __init__(self, scene_bank: MemoryBank, object_bank: Optional[MemoryBank] = None,
-                 k: int = 5, max_objects: Optional[int] = None,
-                 pad_objects_to_max: bool = False, random_sampling: Optional[int] = None,
-                 exclude_self: bool = False, seed: Optional[int] = None):
-        if k < 1:
-            raise ValueError(f'k must be >= 1, got {k}')
-        if random_sampling is not None and random_sampling <= k:
-            raise ValueError(f'random_sampling (k\'={random_sampling}) must be larger than '
-                             f'k={k}')
+                 max_objects: int = 80, pad_objects_to_max: bool = False):
         self.scene_bank = scene_bank
         self.object_bank = object_bank
-        self.k = k
-        self.max_objects = 16 * k if max_objects is None else int(max_objects)
+        self.max_objects = int(max_objects)
         self.pad_objects_to_max = pad_objects_to_max
-        self.random_sampling = random_sampling
-        self.exclude_self = exclude_self
-        self._rng = np.random.default_rng(seed)
         self._object_rows_shared = (
             object_bank is not None
             and object_bank.manifest['keys_sha256'] == scene_bank.manifest['keys_sha256']
@@ -88,59 +126,58 @@ class MemoryRetriever:
     def key_dim(self) -> int:
         return self.scene_bank.key_dim
 
-    def _select(self, bank: MemoryBank, queries: np.ndarray, image_ids, k: int,
-                sample_from: Optional[int]):
-        """Rows (B, k) of ``bank`` (-1 = none) and their scores; with ``sample_from``
-        = k', k rows drawn uniformly from the top-k'."""
-        sample = sample_from is not None
-        pool = sample_from if sample else k
-        drop_self = self.exclude_self and image_ids is not None
-        scores, rows = bank.search(queries, pool + int(drop_self))
+    def _select(self, queries: np.ndarray, k: int, exclude: Optional[Sequence[Optional[bytes]]],
+                sample_from: Optional[int], rng: Optional[np.random.Generator]):
+        """Rows (B, k) of the scene bank (-1 = none) and their scores. Rows holding a
+        query's ``exclude`` identity are dropped; with ``sample_from`` = k', k rows are
+        drawn uniformly from the top-k' that remain."""
+        bank = self.scene_bank
+        pool = sample_from if sample_from is not None else k
+        excluded = [bank.rows_of_identity(e) if e is not None else []
+                    for e in (exclude if exclude is not None else [None] * len(queries))]
+        extra = max([len(e) for e in excluded] + [0])
+        scores, rows = bank.search(queries, pool + extra)
         out_rows = np.full((len(queries), k), -1, np.int64)
         out_scores = np.zeros((len(queries), k), np.float32)
         for b in range(len(queries)):
-            keep = rows[b] >= 0
-            if drop_self:
-                keep &= bank.image_ids[np.maximum(rows[b], 0)] != int(image_ids[b])
+            keep = (rows[b] >= 0) & ~np.isin(rows[b], excluded[b])
             cand_rows, cand_scores = rows[b][keep][:pool], scores[b][keep][:pool]
-            if sample and len(cand_rows) > k:
-                pick = np.sort(self._rng.choice(len(cand_rows), size=k, replace=False))
+            if sample_from is not None and len(cand_rows) > k:
+                pick = np.sort(rng.choice(len(cand_rows), size=k, replace=False))
                 cand_rows, cand_scores = cand_rows[pick], cand_scores[pick]
             n = min(k, len(cand_rows))
             out_rows[b, :n] = cand_rows[:n]
             out_scores[b, :n] = cand_scores[:n]
         return out_rows, out_scores
 
-    def query(self, keys: torch.Tensor, image_ids: Optional[Sequence[int]] = None,
-              k: Optional[int] = None, training: bool = False,
-              with_objects: bool = True,
-              random_sampling: Optional[int] = None) -> RetrievalResult:
+    def query(self, keys: torch.Tensor, k: int,
+              exclude: Optional[Sequence[Optional[bytes]]] = None,
+              sample_from: Optional[int] = None, rng: Optional[np.random.Generator] = None,
+              with_objects: bool = True) -> RetrievalResult:
         """Retrieve memory for a batch.
 
         Args:
             keys (Tensor): (B, D) L2-normalised query embeddings.
-            image_ids (Sequence[int], optional): The query images' ids, needed
-                by the leak guard (``exclude_self``).
-            k (int, optional): Overrides the configured k.
-            training (bool): Enables random sampling when configured.
+            k (int): Images retrieved per query.
+            exclude (Sequence, optional): Per query, a content identity (sha256 hex as
+                bytes) whose bank rows it must not retrieve, or None.
+            sample_from (int, optional): k' > k: sample k of the top-k' with ``rng``.
+            rng (np.random.Generator, optional): Generator of the sampling.
             with_objects (bool): Also gather the object memory.
-            random_sampling (int, optional): k' for this call (overrides the
-                configured one; used only when ``training``).
 
         Returns:
             RetrievalResult: tensors on ``keys.device``.
         """
-        k = self.k if k is None else int(k)
         if keys.ndim != 2 or keys.shape[1] != self.key_dim:
             raise ValueError(f'query keys must be (B, {self.key_dim}), got {tuple(keys.shape)}')
-        if image_ids is not None and len(image_ids) != len(keys):
-            raise ValueError(f'{len(image_ids)} image ids for {len(keys)} query keys')
+        if exclude is not None and len(exclude) != len(keys):
+            raise ValueError(f'{len(exclude)} identities to exclude for {len(keys)} query keys')
+        if sample_from is not None and (sample_from <= k or rng is None):
+            raise ValueError(f'random sampling needs k\' > k and a generator, got '
+                             f'k\'={sample_from}, k={k}')
         device = keys.device
         queries = keys.detach().float().cpu().numpy()
-        sample_from = (random_sampling or self.random_sampling) if training else None
-        if sample_from is not None and sample_from <= k:
-            raise ValueError(f'random sampling needs k\' > k, got k\'={sample_from}, k={k}')
-        rows, scores = self._select(self.scene_bank, queries, image_ids, k, sample_from)
+        rows, scores = self._select(queries, k, exclude, sample_from, rng)
         scene = self._gather_scene(rows)
         result = RetrievalResult(
             scene_values=torch.from_numpy(scene).to(device),
@@ -148,7 +185,8 @@ class MemoryRetriever:
             image_ids=torch.from_numpy(
                 np.where(rows >= 0, self.scene_bank.image_ids[np.maximum(rows, 0)], -1)
                 .astype(np.int64)).to(device),
-            scores=torch.from_numpy(scores).to(device))
+            scores=torch.from_numpy(scores).to(device),
+            rows=torch.from_numpy(rows).to(device))
         if with_objects and self.object_bank is not None:
             if self._object_rows_shared:
                 obj_rows = rows
@@ -201,12 +239,3 @@ class MemoryRetriever:
                 if cats_all is not None:
                     cats[b, :n] = cats_all[idx]
         return values, mask, cats, owner_ids
-
-    def signature(self) -> dict:
-        """Identity of the loaded banks, stored in checkpoint meta."""
-        sig = dict(scene=dict(path=self.scene_bank.path,
-                              manifest_sha256=self.scene_bank.manifest_sha256))
-        if self.object_bank is not None:
-            sig['object'] = dict(path=self.object_bank.path,
-                                 manifest_sha256=self.object_bank.manifest_sha256)
-        return sig

@@ -113,7 +113,8 @@ def check_files(folder: str, manifest: dict, verify: bool) -> None:
     for name, info in manifest['files'].items():
         path = osp.join(folder, name)
         if not osp.isfile(path):
-            raise MemoryBankError(f'{path} listed in {manifest_path} is missing')
+            raise MemoryBankError(f'{path} listed in {manifest_path} is missing; rebuild it with '
+                                  'tools/build_memory.py')
         size = osp.getsize(path)
         if size != info['bytes']:
             raise MemoryBankError(f'{path} has {size} bytes, the manifest records '

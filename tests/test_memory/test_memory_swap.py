@@ -1,14 +1,17 @@
-"""Memory swap without retraining: appending images to a memory (lineage, refusals),
-evaluating a trained MAPS checkpoint with another memory, retrieval statistics."""
+"""Memory swap without retraining: appending images to a memory (lineage, refusals, copies
+of images already in it), evaluating a trained MAPS checkpoint with another memory,
+retrieval statistics (the training ones show that no training image retrieves itself)."""
 import glob
 import importlib.util
 import json
 import logging
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import warnings
+from unittest import mock
 
 import faiss
 import numpy as np
@@ -18,15 +21,17 @@ from mmengine.config import Config
 
 from mmdet.registry import HOOKS
 
-from mmmaps.memory import MemoryBank, MemoryBankError, MemoryRetriever, MemoryRoot
-from mmmaps.utils.checkpoint_loading import safe_torch_load
-from mmmaps.engine.hooks.memory_hook import StatsMemoryRetriever
+from mmmaps.engine.hooks.memory_hook import check_checkpoint_memory
+from mmmaps.memory import MemoryBank, MemoryBankError, MemoryRoot, build_external_memory
+from mmmaps.memory import builder as builder_module
 from mmmaps.memory.builder import MemoryAppender, MemoryBuildError, plan_differences
 from mmmaps.memory.memory_root import read_root_manifest
 from mmmaps.memory.storage import sha256_file
+from mmmaps.utils.checkpoint_loading import safe_torch_load
 
 from ..conftest import MEMORY_CFG, REPO_ROOT, TINY_M2F, load_config_with_root, run_tool
-from .test_memory_hook import MemoryModel, make_runner
+from .test_memory_hook import (LOGGER_NAME, MemoryModel, build_dataset, file_sha256, image_paths,
+                               load_rgb, make_runner, rows_holding)
 
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
 ID_OFFSET = 100
@@ -82,12 +87,78 @@ def appended_memory(synthetic_root, synthetic_memory, new_images, tmp_path_facto
     return out
 
 
+def append_in_process(synthetic_root, parent, ann, img_prefix, seg_prefix, out):
+    """MemoryAppender run as tools/build_memory.py --append does; returns what it logged."""
+    cfg = load_config_with_root(MEMORY_CFG, synthetic_root, {'memory.build.num_workers': 0,
+                                                             'memory.build.chunk_size': 4})
+    logged = []
+    original = builder_module.print_log
+
+    def record(msg, *args, **kwargs):
+        logged.append((msg, kwargs.get('level', logging.INFO)))
+        return original(msg, *args, **kwargs)
+
+    with mock.patch.object(builder_module, 'print_log', record):
+        appender = MemoryAppender(cfg, parent, ann, img_prefix, seg_prefix, out=out,
+                                  device='cpu')
+        appender.prepare(resume=False, force=False)
+        appender.encode_chunks(progress=False)
+        appender.merge()
+    return logged
+
+
+@pytest.fixture(scope='module')
+def renumbered_memory(synthetic_root, synthetic_memory, tmp_path_factory):
+    """The session memory + its own 8 training images again, renumbered 101..108 (a
+    renumbered copy of the train annotations appended)."""
+    folder = tmp_path_factory.mktemp('renumbered')
+    ann = write_renumbered(osp.join(synthetic_root, 'annotations', 'panoptic_train.json'),
+                           str(folder / 'panoptic_train_renumbered.json'), ID_OFFSET)
+    out = str(folder / 'train_twice')
+    logged = append_in_process(synthetic_root, synthetic_memory, ann,
+                               osp.join(synthetic_root, 'train'),
+                               osp.join(synthetic_root, 'annotations', 'panoptic_train'), out)
+    return dict(root=out, log=logged)
+
+
+@pytest.fixture(scope='module')
+def val_appended_memory(synthetic_root, synthetic_memory, tmp_path_factory):
+    """The session memory + the 4 val images (ids 9..12): a memory evaluation must refuse."""
+    out = str(tmp_path_factory.mktemp('val_appended') / 'train_plus_val')
+    append_in_process(synthetic_root, synthetic_memory,
+                      osp.join(synthetic_root, 'annotations', 'panoptic_val.json'),
+                      osp.join(synthetic_root, 'val'),
+                      osp.join(synthetic_root, 'annotations', 'panoptic_val'), out)
+    return out
+
+
+def memory_cfg(synthetic_root, root, **retrieval):
+    return load_config_with_root(MEMORY_CFG, synthetic_root, dict(
+        {'memory.root': root}, **{f'memory.retrieval.{k}': v for k, v in retrieval.items()}))
+
+
+def hook_for(cfg, memory_swap=False, **datasets):
+    """A MemoryHook after before_run on a stand-in runner of ``cfg``."""
+    hook = HOOKS.build(dict(type='MemoryHook', memory_swap=memory_swap))
+    runner = make_runner(cfg, MemoryModel(), **datasets)
+    hook.before_run(runner)
+    return hook, runner
+
+
+def new_image_paths(new_images):
+    """(ids, image files) of the new images, in annotation order."""
+    with open(new_images['ann']) as f:
+        images = json.load(f)['images']
+    return ([image['id'] for image in images],
+            [osp.join(new_images['img_prefix'], image['file_name']) for image in images])
+
+
 def leftovers(folder):
     return sorted(os.listdir(folder))
 
 
 # ---------------------------------------------------------------------------- append
-def test_append_copies_the_parent_bit_for_bit(synthetic_memory, appended_memory):
+def test_append_copies_the_parent_bit_for_bit(synthetic_memory, appended_memory, new_images):
     parent, child = MemoryRoot(synthetic_memory), MemoryRoot(appended_memory)
     for name in ('scene_bank', 'object_bank'):
         old, new = getattr(parent, name), getattr(child, name)
@@ -103,11 +174,17 @@ def test_append_copies_the_parent_bit_for_bit(synthetic_memory, appended_memory)
         assert new.file_names[:n] == old.file_names
         assert new.image_ids[n:].tolist() == [101, 102, 103, 104, 105, 106]
         np.testing.assert_allclose(np.linalg.norm(new.keys, axis=1), 1, atol=1e-5)
+        # content identities: the parent's copied, the new images' are their files' sha256
+        np.testing.assert_array_equal(new.identities[:n], old.identities)
+        assert new.identities[n:].tolist() == [
+            file_sha256(osp.join(new_images['img_prefix'], name))
+            for name in new.file_names[n:]]
     # the scene keys of the new images are their query keys, also in the query cache
     cache = child.query_cache
     assert len(cache) == parent.scene_bank.num_entries + NUM_NEW
-    np.testing.assert_array_equal(cache.lookup(child.scene_bank.image_ids).numpy(),
-                                  np.asarray(child.scene_bank.keys))
+    keys, found = cache.lookup(child.scene_bank.identities.tolist())
+    assert all(found)
+    np.testing.assert_array_equal(keys.numpy(), np.asarray(child.scene_bank.keys))
     # the object bank has the new images' segments
     objects = child.object_bank
     assert objects.offsets[-1] > parent.object_bank.num_values
@@ -129,24 +206,68 @@ def test_appended_index_covers_every_key(appended_memory):
         assert (rows[:, 0] == np.arange(len(keys))).all()
 
 
-def test_appended_images_retrieve_themselves(appended_memory, new_images):
-    memory = MemoryRoot(appended_memory)
-    retriever = MemoryRetriever(memory.scene_bank, memory.object_bank, k=3,
-                                exclude_self=False)
-    ids = new_images['ids']
-    keys = memory.query_cache.lookup(ids)
-    result = retriever.query(keys, image_ids=ids)
+def test_appended_images_retrieve_themselves(synthetic_root, appended_memory, new_images):
+    memory = build_external_memory(memory_cfg(synthetic_root, appended_memory, k=3).memory,
+                                   device='cpu')
+    ids, paths = new_image_paths(new_images)
+    images = [load_rgb(p) for p in paths]
+    result = memory.retrieve(images, paths, training=False)
+    assert result.keys_from_cache.all()  # the new images' keys are in the new query cache
     assert result.image_ids[:, 0].tolist() == ids
     np.testing.assert_allclose(result.scores[:, 0].numpy(), 1, atol=1e-5)
     # their objects are the first object slots
+    objects = memory.root.object_bank
     for b, image_id in enumerate(ids):
-        row = memory.object_bank.row_of_image_id(image_id)
-        count = memory.object_bank.offsets[row + 1] - memory.object_bank.offsets[row]
-        assert (result.object_image_ids[b, :count] == image_id).all()
-    # with the leak guard on, they do not
-    guarded = MemoryRetriever(memory.scene_bank, memory.object_bank, k=3, exclude_self=True)
-    assert not (guarded.query(keys, image_ids=ids).image_ids
-                == torch.tensor(ids)[:, None]).any()
+        row = objects.row_of_image_id(image_id)
+        count = objects.offsets[row + 1] - objects.offsets[row]
+        assert count > 0 and (result.object_image_ids[b, :count] == image_id).all()
+    # in training (the leak guard), they do not
+    guarded = memory.retrieve(images, paths, training=True)
+    assert not (guarded.image_ids == torch.tensor(ids)[:, None]).any()
+    assert memory.self_retrievals(guarded, paths) == [False] * NUM_NEW
+    assert memory.self_retrievals(result, paths) == [True] * NUM_NEW
+
+
+def test_renumbered_append_holds_each_image_twice_and_training_retrieves_neither(
+        synthetic_root, synthetic_memory, renumbered_memory, caplog):
+    """The train images appended again under new ids: the append warns, the memory holds
+    two rows of each picture, and a training query retrieves neither copy."""
+    warned = [m for m, level in renumbered_memory['log'] if level == logging.WARNING]
+    assert any(m.startswith(f'8 of the 8 appended images are already in {synthetic_memory} '
+                            'under other ids') for m in warned), renumbered_memory['log']
+    cfg = memory_cfg(synthetic_root, renumbered_memory['root'])
+    train = build_dataset(cfg.train_dataloader.dataset)
+    hook, runner = hook_for(cfg, train=train)
+    memory = hook.memory
+    bank = memory.root.scene_bank
+    assert bank.num_entries == 16
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+        hook.before_train(runner)
+    assert 'leak guard: 8 of the 8 training images are in the memory' in caplog.text
+    paths, ids = image_paths(train), [train.get_data_info(i)['img_id'] for i in range(8)]
+    copies = []
+    for path, image_id in zip(paths, ids):
+        own = rows_holding(bank, path)
+        assert len(own) == 2 and len(memory.root.scene_bank.rows_of_identity(
+            file_sha256(path))) == 2
+        assert sorted(bank.image_ids[sorted(own)].tolist()) == [image_id, image_id + ID_OFFSET]
+        copies.append(own)
+    assert memory.in_memory(paths) == [True] * 8
+    images = [load_rgb(p) for p in paths]
+    guarded = memory.retrieve(images, paths, training=True)
+    unguarded = memory.retrieve(images, paths, training=False)
+    assert memory.self_retrievals(guarded, paths) == [False] * 8
+    assert memory.self_retrievals(unguarded, paths) == [True] * 8
+    for b, own in enumerate(copies):
+        assert not own & set(guarded.rows[b].tolist())
+        assert (guarded.rows[b] >= 0).all()  # k others are left (14 of 16 rows)
+        # unguarded, both copies come first (the same picture, the same key)
+        assert set(unguarded.rows[b, :2].tolist()) == own
+        np.testing.assert_allclose(unguarded.scores[b, :2].numpy(), 1, atol=1e-5)
+    # the object memory of a training query holds no object of its own picture either
+    for b, image_id in enumerate(ids):
+        held = set(guarded.object_image_ids[b].tolist()) - {-1}
+        assert held and not held & {image_id, image_id + ID_OFFSET}
 
 
 def test_append_manifest_records_lineage(synthetic_root, synthetic_memory, appended_memory,
@@ -220,35 +341,50 @@ def test_append_refuses_id_collisions_and_other_plans(synthetic_root, synthetic_
     assert leftovers(tmp_path) == []
 
 
-def test_hook_counts_appended_sources(synthetic_root, appended_memory, new_images):
-    """Leak guard: on when any source of the memory is the training file; evaluation on
-    any source of the memory is refused."""
-    cfg = load_config_with_root(MEMORY_CFG, synthetic_root, {'memory.root': appended_memory})
-    hook = HOOKS.build(dict(type='MemoryHook'))
-    runner = make_runner(cfg, MemoryModel())
-    hook.before_run(runner)
-    assert hook.retriever.exclude_self
-    cfg.val_dataloader.dataset.ann_file = new_images['ann']
-    with pytest.raises(MemoryBankError, match='retrieve itself'):
+def test_hook_refuses_evaluation_on_appended_images(synthetic_root, synthetic_memory,
+                                                    val_appended_memory, appended_memory,
+                                                    new_images):
+    """Images appended to the memory are in it: evaluating on them is refused (by content),
+    whichever annotation file brought them."""
+    cfg = memory_cfg(synthetic_root, synthetic_memory)
+    val = build_dataset(cfg.val_dataloader.dataset)
+    hook, runner = hook_for(cfg, val=val, test=val)
+    hook.before_val(runner)  # the parent memory holds no val image
+    hook.before_test(runner)
+
+    cfg = memory_cfg(synthetic_root, val_appended_memory)
+    hook, runner = hook_for(cfg, val=val, test=val)
+    assert hook.memory.root.num_images == 12
+    with pytest.raises(MemoryBankError, match=r'4 of the 4 images of the val dataset are in '
+                       rf'the memory {re.escape(val_appended_memory)} .*retrieve itself'):
+        hook.before_val(runner)
+    with pytest.raises(MemoryBankError, match='4 of the 4 images of the test dataset'):
+        hook.before_test(runner)
+    cfg.memory.retrieval.allow_eval_overlap = True
+    allowed, runner = hook_for(cfg, val=val)
+    allowed.before_val(runner)
+
+    # the new images appended from another annotation file, as the val set
+    cfg = memory_cfg(synthetic_root, appended_memory)
+    new = build_dataset(cfg.val_dataloader.dataset, ann_file=new_images['ann'], data_prefix=dict(
+        img=new_images['img_prefix'] + '/', seg=new_images['seg_prefix'] + '/'))
+    hook, runner = hook_for(cfg, val=new)
+    with pytest.raises(MemoryBankError, match='6 of the 6 images of the val dataset'):
         hook.before_val(runner)
 
 
 # ---------------------------------------------------------------------------- swap (hook)
 def test_swap_is_info_and_incompatible_swap_is_refused(synthetic_root, synthetic_memory,
                                                        appended_memory, caplog):
-    cfg = load_config_with_root(MEMORY_CFG, synthetic_root)
-    trained = HOOKS.build(dict(type='MemoryHook', memory_root=synthetic_memory))
-    trained.before_run(make_runner(cfg, MemoryModel()))
+    trained, _ = hook_for(memory_cfg(synthetic_root, synthetic_memory))
     checkpoint = dict(meta={})
     trained.before_save_checkpoint(None, checkpoint)
     saved = checkpoint['meta']['memory']
     assert saved['num_images'] == 8 and saved['key_encoder']['type'] == 'CLIPCLSEncoder'
     assert saved['object_dim'] == 384
 
-    swapped = HOOKS.build(dict(type='MemoryHook', memory_root=appended_memory, memory_swap=True))
-    runner = make_runner(cfg, MemoryModel())
-    swapped.before_run(runner)
-    with caplog.at_level(logging.INFO, logger='test_memory_hook'):
+    swapped, runner = hook_for(memory_cfg(synthetic_root, appended_memory), memory_swap=True)
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
         with warnings.catch_warnings():
             warnings.simplefilter('error')  # an explicit swap does not warn
             swapped.after_load_checkpoint(runner, checkpoint)
@@ -256,11 +392,11 @@ def test_swap_is_info_and_incompatible_swap_is_refused(synthetic_root, synthetic
     assert f'memory swap: the memory {appended_memory} (14 images' in text
     assert f'replaces the training memory {synthetic_memory} (8 images' in text
     assert f'it is that memory + {NUM_NEW} images of' in text
+    assert 'key/dense encoders and dimensions match' in text
     assert 'MEMORY MISMATCH' not in text
 
     # without --memory it is still the loud mismatch warning
-    implicit = HOOKS.build(dict(type='MemoryHook', memory_root=appended_memory))
-    implicit.before_run(runner)
+    implicit, runner = hook_for(memory_cfg(synthetic_root, appended_memory))
     with pytest.warns(UserWarning, match='MEMORY MISMATCH.*tools/test.py --memory'):
         implicit.after_load_checkpoint(runner, checkpoint)
 
@@ -278,39 +414,52 @@ def test_swap_is_info_and_incompatible_swap_is_refused(synthetic_root, synthetic
 def test_swap_with_a_checkpoint_of_an_older_format(synthetic_root, synthetic_memory,
                                                    appended_memory, caplog):
     """Checkpoint meta without encoder identities: the swap is logged, nothing is claimed."""
-    cfg = load_config_with_root(MEMORY_CFG, synthetic_root)
-    hook = HOOKS.build(dict(type='MemoryHook', memory_root=appended_memory, memory_swap=True))
-    runner = make_runner(cfg, MemoryModel())
-    hook.before_run(runner)
+    memory = build_external_memory(memory_cfg(synthetic_root, appended_memory).memory,
+                                   device='cpu')
+    logger = logging.getLogger(LOGGER_NAME)
     old = dict(root=synthetic_memory,
                manifest_sha256=read_root_manifest(synthetic_memory)['_sha256'])
-    with caplog.at_level(logging.INFO, logger='test_memory_hook'):
-        hook.after_load_checkpoint(runner, dict(meta=dict(memory=old)))
-        hook.after_load_checkpoint(runner, dict(meta={}))
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+        check_checkpoint_memory(memory, dict(meta=dict(memory=old)), True, logger)
+        check_checkpoint_memory(memory, dict(meta={}), True, logger)
+        check_checkpoint_memory(memory, dict(meta={}), False, logger)  # nothing to say
     assert 'records no encoders to compare' in caplog.text
-    assert 'does not record the memory it was trained with' in caplog.text
+    assert f'(it is that memory + {NUM_NEW} images of' in caplog.text
+    assert caplog.text.count('does not record the memory it was trained with') == 1
+    with pytest.warns(UserWarning, match='MEMORY MISMATCH'):
+        check_checkpoint_memory(memory, dict(meta=dict(memory=old)), False, logger)
 
 
-def test_retrieval_statistics_are_exact_and_change_nothing(synthetic_memory):
-    memory = MemoryRoot(synthetic_memory)
-    args = (memory.scene_bank, memory.object_bank)
-    plain = MemoryRetriever(*args, k=3, max_objects=40, exclude_self=True)
-    stats = StatsMemoryRetriever(*args, k=3, max_objects=40, exclude_self=True)
-    ids = memory.scene_bank.image_ids[:4]
-    keys = torch.from_numpy(np.asarray(memory.scene_bank.keys[:4]).copy())
-    a = plain.query(keys, image_ids=ids, training=True)
-    b = stats.query(keys, ids, training=True)
-    for field in ('scene_values', 'scene_mask', 'image_ids', 'scores', 'object_values',
-                  'object_mask', 'object_category_ids', 'object_image_ids'):
-        assert torch.equal(getattr(a, field), getattr(b, field)), field
-    means = stats.pop_stats(training=True)
-    assert means['scene_sim'] == pytest.approx(float(a.scores[:, 0].mean()), abs=1e-6)
-    assert means['scene_sim_k'] == pytest.approx(float(a.scores.mean()), abs=1e-6)
-    assert means['object_slots'] == pytest.approx(
-        float((~a.object_mask).sum(1).float().mean() / 40), abs=1e-6)
-    assert stats.pop_stats(training=True) == {} == stats.pop_stats(training=False)
-    stats.query(keys, with_objects=False)  # evaluation, scene only
-    assert set(stats.pop_stats(training=False)) == {'scene_sim', 'scene_sim_k'}
+def test_training_statistics_are_exact(synthetic_root, synthetic_memory):
+    """The statistics of a training retrieval, against an exact search that skips each
+    query's own picture."""
+    memory = build_external_memory(
+        memory_cfg(synthetic_root, synthetic_memory, k=3, max_objects=40).memory,
+        device='cpu')
+    cfg = memory_cfg(synthetic_root, synthetic_memory)
+    paths = image_paths(build_dataset(cfg.train_dataloader.dataset))[:4]
+    images = [load_rgb(p) for p in paths]
+    result = memory.retrieve(images, paths, training=True)
+    stats = result.statistics(40)
+    bank, objects = memory.root.scene_bank, memory.root.object_bank
+    keys = np.asarray(bank.keys, np.float32)
+    top_sims, slots = [], []
+    for path in paths:
+        (own, ) = rows_holding(bank, path)
+        sims = keys[own] @ keys.T
+        sims[own] = -np.inf
+        order = np.argsort(-sims)[:3]
+        top_sims.append(sims[order])
+        slots.append(min(40, int(sum(objects.offsets[r + 1] - objects.offsets[r]
+                                     for r in order))))
+    top_sims = np.array(top_sims)
+    assert stats['scene_sim'] == pytest.approx(top_sims[:, 0].mean(), abs=1e-5)
+    assert stats['scene_sim_k'] == pytest.approx(top_sims.mean(), abs=1e-5)
+    assert stats['object_slots'] == pytest.approx(np.mean(slots) / 40, abs=1e-6)
+    assert stats['key_cache_hits'] == 1.0
+    assert stats['scene_sim'] < 0.9999  # self-similarity (1.0) excluded
+    scene_only = memory.retrieve(images, paths, training=True, with_objects=False)
+    assert set(scene_only.statistics(40)) == {'scene_sim', 'scene_sim_k', 'key_cache_hits'}
 
 
 def test_plan_differences_names_the_fields():
@@ -332,7 +481,7 @@ def load_test_tool():
 
 
 def test_test_tool_memory_needs_a_maps_config_and_a_memory(synthetic_root, tmp_path,
-                                                             monkeypatch):
+                                                           monkeypatch):
     monkeypatch.setenv('MMMAPS_SYNTHETIC_ROOT', synthetic_root)
     tool = load_test_tool()
     ckpt = tmp_path / 'fake.pth'
@@ -359,22 +508,52 @@ def trained_maps(synthetic_root, synthetic_memory, tmp_path_factory):
     return dict(work=work, ckpt=osp.join(work, 'iter_2.pth'), log=proc.stdout + proc.stderr)
 
 
-def test_retrieval_statistics_are_logged_in_training(trained_maps):
+def test_retrieval_statistics_are_logged_in_training(synthetic_root, synthetic_memory,
+                                                     trained_maps):
     log = trained_maps['log']
     lines = [line for line in log.splitlines() if 'Iter(train) [2/2]' in line]
     assert lines, log[-3000:]
-    for name in ('retrieval/scene_sim', 'retrieval/scene_sim_k', 'retrieval/object_slots'):
+    for name in ('retrieval/scene_sim', 'retrieval/scene_sim_k', 'retrieval/object_slots',
+                 'retrieval/key_cache_hits'):
         assert f'{name}: ' in lines[-1], lines[-1]
-    values = {kv.split(': ')[0]: float(kv.split(': ')[1]) for kv in lines[-1].split('  ')
-              if kv.startswith('retrieval/')}
-    assert 0 < values['retrieval/scene_sim_k'] <= values['retrieval/scene_sim'] <= 1 + 1e-5
-    assert 0 < values['retrieval/object_slots'] <= 1
-    # ... and in the visualizer backends (LocalVisBackend here; TensorBoard alike)
+    # ... and in the visualizer backends (LocalVisBackend here; TensorBoard alike), at full
+    # precision
     (scalars, ) = glob.glob(osp.join(trained_maps['work'], '*', 'vis_data', 'scalars.json'))
     with open(scalars) as f:
         records = [json.loads(line) for line in f if line.strip()]
     logged = [r for r in records if 'retrieval/scene_sim' in r]
     assert [r['step'] for r in logged] == [1, 2]
+
+    # The leak guard in training: no training image retrieves itself. Every training key
+    # comes from the query cache (by content, whatever the augmentation), so it *is* the
+    # image's bank key and retrieving itself would score exactly 1. Each logged value is a
+    # mean (over a batch, over the log window) of per-image rank-1 similarities, so it lies
+    # between the smallest and the largest similarity of a training image to its most
+    # similar *other* image (exact search here).
+    keys = np.asarray(MemoryRoot(synthetic_memory).scene_bank.keys, np.float32)
+    sims = keys @ keys.T
+    np.testing.assert_allclose(np.diag(sims), 1, atol=1e-5)  # what self-retrieval scores
+    np.fill_diagonal(sims, -np.inf)
+    best_other = sims.max(1)
+    top5_other = np.sort(sims, axis=1)[:, ::-1][:, :5].mean(1)
+    assert best_other.max() < 0.9999  # so the bound below tells the two apart
+    for record in logged:
+        assert record['retrieval/key_cache_hits'] == 1.0
+        scene_sim = record['retrieval/scene_sim']
+        assert scene_sim < 0.9999, record  # an unguarded run logs 1.0 here
+        assert best_other.min() - 1e-5 <= scene_sim <= best_other.max() + 1e-5, record
+        assert (top5_other.min() - 1e-5 <= record['retrieval/scene_sim_k']
+                <= top5_other.max() + 1e-5), record
+        assert record['retrieval/scene_sim_k'] <= scene_sim + 1e-6
+        assert 0 < record['retrieval/object_slots'] <= 1
+    # what the statistic reads without the guard (the evaluation policy) for these images:
+    # every one retrieves itself, scene_sim = 1
+    cfg = memory_cfg(synthetic_root, synthetic_memory)
+    memory = build_external_memory(cfg.memory, device='cpu')
+    paths = image_paths(build_dataset(cfg.train_dataloader.dataset))
+    unguarded = memory.retrieve([load_rgb(p) for p in paths], paths, training=False,
+                                with_objects=False)
+    assert unguarded.statistics(40)['scene_sim'] == pytest.approx(1, abs=1e-5)
 
 
 def test_trained_maps_evaluates_with_the_original_and_an_appended_memory(

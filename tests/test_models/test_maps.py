@@ -1,23 +1,33 @@
 """MAPS: memory cross-attention, the memory head, the detector and its augmentations."""
 import copy
+import hashlib
+import json
 import logging
 import math
+import os
 import os.path as osp
+import random
+import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
+from PIL import Image
 
 from mmdet.registry import DATASETS, HOOKS, MODELS
+from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
 
+from mmmaps.memory import (MemoryBankError, RetrievalResult, build_external_memory,
+                           build_memory_encoder)
 from mmmaps.models import MemoryCrossAttention
 from mmmaps.models.dense_heads import MemoryInputs
 from mmmaps.utils.checkpoint_loading import safe_torch_load
 
-from ..conftest import REPO_ROOT, TINY_M2F, load_config_with_root
+from ..conftest import MEMORY_CFG, REPO_ROOT, TINY_M2F, load_config_with_root
 
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
 
@@ -82,7 +92,7 @@ def head_inputs(batch=2):
     torch.manual_seed(1)
     feats = [torch.randn(batch, c, 32 // s, 32 // s)
              for c, s in zip([64, 128, 256, 512], [1, 2, 4, 8])]
-    samples = [SimpleNamespace(metainfo=dict(batch_input_shape=(128, 128), img_shape=(128, 128)))
+    samples = [DetDataSample(metainfo=dict(batch_input_shape=(128, 128), img_shape=(128, 128)))
                for _ in range(batch)]
     return feats, samples
 
@@ -95,6 +105,38 @@ def random_memory(batch=2, dims=384, scene=5, objects=9):
                         scene_mask=torch.zeros(batch, scene, dtype=torch.bool),
                         objects=torch.randn(batch, objects, dims), object_mask=object_mask,
                         query_keys=torch.randn(batch, dims))
+
+
+def random_retrieval(batch=2, dims=384, scene=5, objects=9, padded=False, seed=2):
+    """A RetrievalResult of random memory (``padded``: every slot is padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    scene_mask = torch.full((batch, scene), padded)
+    object_mask = torch.full((batch, objects), padded)
+    object_mask[0, 6:] = True
+    ids = torch.arange(batch * scene).view(batch, scene)
+    return RetrievalResult(
+        scene_values=torch.randn(batch, scene, dims, generator=generator),
+        scene_mask=scene_mask, image_ids=ids, scores=torch.rand(batch, scene),
+        rows=ids.clone(), object_values=torch.randn(batch, objects, dims, generator=generator),
+        object_mask=object_mask,
+        object_category_ids=torch.zeros(batch, objects, dtype=torch.int64),
+        object_image_ids=torch.zeros(batch, objects, dtype=torch.int64),
+        query_keys=torch.randn(batch, dims, generator=generator),
+        keys_from_cache=torch.zeros(batch, dtype=torch.bool))
+
+
+def with_retrieval(samples, result):
+    """Copies of ``samples``, sample i carrying ``result.select(i)`` as MAPS puts it."""
+    out = []
+    for i, sample in enumerate(samples):
+        sample = sample.clone()
+        sample.set_metainfo(dict(retrieval=result.select(i)))
+        out.append(sample)
+    return out
+
+
+def outputs_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
 
 
 def test_memory_off_is_exactly_mask2former():
@@ -110,19 +152,70 @@ def test_memory_off_is_exactly_mask2former():
     maps.eval()
     feats, samples = head_inputs()
     with torch.no_grad():
-        expected = baseline(feats, samples)
-        with maps.memory(None):
-            got = maps(feats, samples)
-        assert all(torch.equal(a, b) for a, b in zip(expected[0] + expected[1], got[0] + got[1]))
+        expected = baseline(feats, samples)  # mmdet's Mask2FormerHead
+        # a retrieval whose every slot is padding adds nothing
+        got = maps(feats, with_retrieval(samples, random_retrieval(padded=True)))
+        assert outputs_equal(expected, got)
+        # each decoder layer called with memory=None is mmdet's layer
+        query = torch.randn(2, 20, 64)
+        key = torch.randn(2, 16, 64)
+        for plain, layer in zip(baseline.transformer_decoder.layers,
+                                maps.transformer_decoder.layers):
+            assert torch.equal(plain(query=query, key=key, value=key),
+                               layer(query=query, key=key, value=key, memory=None))
         maps.use_scene_memory = maps.use_object_memory = False  # Table 7 row 1
-        with maps.memory(random_memory()):
-            got = maps(feats, samples)
-        assert all(torch.equal(a, b) for a, b in zip(expected[0] + expected[1], got[0] + got[1]))
+        assert not maps.needs_memory
+        got = maps(feats, with_retrieval(samples, random_retrieval()))
+        assert outputs_equal(expected, got)
+        got = maps(feats, samples)  # no memory read, none needed
+        assert outputs_equal(expected, got)
         maps.use_scene_memory = maps.use_object_memory = True
-        with maps.memory(random_memory()):
-            changed = maps(feats, samples)
+        changed = maps(feats, with_retrieval(samples, random_retrieval()))
         assert not torch.allclose(expected[0][-1], changed[0][-1])
+        # the head reads the memory the samples bring; none is an error, not a silent no-op
+        with pytest.raises(KeyError, match='carry no metainfo'):
+            maps(feats, samples)
 
+
+def test_head_hands_each_layer_the_memory_of_its_samples():
+    register_all_modules()
+    head = MODELS.build(tiny_head_cfg(scene_layers=[0, 1], object_layers=[2, 3],
+                                      scene_memory_dims=384, object_memory_dims=384))
+    head.eval()
+    feats, samples = head_inputs()
+    retrieval = random_retrieval()
+    seen = {}
+
+    def record(index):
+        def hook(module, args, kwargs):
+            seen[index] = kwargs.get('memory')
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True)
+               for i, layer in enumerate(head.transformer_decoder.layers)]
+    try:
+        with torch.no_grad():
+            out = head(feats, with_retrieval(samples, retrieval))
+    finally:
+        for handle in handles:
+            handle.remove()
+    for i in (0, 1):  # scene layers: the scene values and masks of the retrieval
+        assert torch.equal(seen[i][0], retrieval.scene_values)
+        assert torch.equal(seen[i][1], retrieval.scene_mask)
+    for i in (2, 3):  # object layers
+        assert torch.equal(seen[i][0], retrieval.object_values)
+        assert torch.equal(seen[i][1], retrieval.object_mask)
+    assert seen[4] is None and seen[5] is None
+
+    # the memory travels with its sample: swap both images and their retrievals and the
+    # outputs swap (image 0 with memory 1 ... is not what the batch computed)
+    swapped = RetrievalResult.cat([retrieval.select(1), retrieval.select(0)])
+    with torch.no_grad():
+        out_swapped = head([f.flip(0) for f in feats], with_retrieval(samples, swapped))
+        crossed = head(feats, with_retrieval(samples, swapped))
+    for a, b in zip(out[0] + out[1], out_swapped[0] + out_swapped[1]):
+        torch.testing.assert_close(a, b.flip(0), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[0][-1], crossed[0][-1])
 
 
 def test_layer_sources_swap_and_extra_layers():
@@ -167,43 +260,302 @@ def test_masking_augmentations_and_aug_cls():
     assert not torch.equal(per_layer[0][1], per_layer[1][1])  # independent per layer
 
 
-def build_tiny_maps(root, memory_root):
-    cfg = load_config_with_root(TINY_MAPS, root, {'memory.root': memory_root})
+def build_tiny_maps(root, memory_root, options=None):
+    cfg = load_config_with_root(TINY_MAPS, root, dict({'memory.root': memory_root},
+                                                      **(options or {})))
     register_all_modules()
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
     hook = HOOKS.build(dict(type='MemoryHook'))
-    hook.before_run(SimpleNamespace(cfg=cfg, model=model, logger=logging.getLogger('maps')))
+    hook.before_run(SimpleNamespace(cfg=cfg, model=model, logger=logging.getLogger('maps'),
+                                    seed=0))
     return model, cfg
+
+
+# ------------------------------------------------------------------ independent references
+def sha256_of(path):
+    """The content identity of an image file, computed here."""
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def bank_files(memory_root):
+    """The scene bank and query cache of a memory directory, read straight from its files."""
+    scene, cache = osp.join(memory_root, 'scene'), osp.join(memory_root, 'query_cache')
+    with open(osp.join(scene, 'manifest.json')) as f:
+        manifest = json.load(f)
+    return dict(keys=np.load(osp.join(scene, 'keys.npy')).astype(np.float32),
+                image_ids=np.load(osp.join(scene, 'image_ids.npy')),
+                identities=[i.decode() for i in np.load(osp.join(scene, 'image_sha256.npy'))],
+                file_names=manifest['file_names'],
+                cache_keys=np.load(osp.join(cache, 'embeddings.npy')),
+                cache_ids=np.load(osp.join(cache, 'image_ids.npy')))
+
+
+def exact_top_k(bank, key, k, exclude=None):
+    """(image ids, scores) of the k bank entries nearest to ``key`` by inner product (a
+    brute-force search), skipping the entries whose identity is ``exclude``."""
+    scores = bank['keys'] @ key.detach().cpu().numpy().astype(np.float32)
+    order = [r for r in np.argsort(-scores, kind='stable') if bank['identities'][r] != exclude]
+    rows = order[:k]
+    return [int(bank['image_ids'][r]) for r in rows], torch.tensor(scores[rows])
+
+
+def independent_key_encoder(cfg, memory_root):
+    """A second instance of the config's key encoder (not the memory's)."""
+    encoder = build_memory_encoder(cfg.memory.key_encoder)
+    with open(osp.join(memory_root, 'manifest.json')) as f:
+        recorded = json.load(f)['encoders']['key']
+    assert encoder.describe()['weights_sha256'] == recorded['weights_sha256']  # the banks'
+    return encoder
+
+
+def read_file_rgb(path):
+    """An image file as PIL decodes it: RGB (3, H, W) uint8."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.array(image.convert('RGB'))).permute(2, 0, 1)
+
+
+def loader_batch(dataset, indices, seed=0):
+    """A collated batch (the augmentations seeded)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return pseudo_collate([dataset[i] for i in indices])
+
+
+def loader_views_rgb(batch):
+    """The images the data pipeline gives the model (before the data preprocessor), RGB."""
+    return [image[[2, 1, 0]].clone() for image in batch['inputs']]
+
+
+def retrieval_of(samples):
+    return RetrievalResult.cat([s.metainfo['retrieval'] for s in samples])
 
 
 def test_maps_detector_trains_and_predicts(synthetic_root, synthetic_memory):
     model, cfg = build_tiny_maps(synthetic_root, synthetic_memory)
     assert not any('query_encoder' in k or 'visual' in k for k in model.state_dict())
-    assert model.retriever.exclude_self
+    memory = model.memory
+    bank = bank_files(synthetic_memory)
+    encoder = independent_key_encoder(cfg, synthetic_memory)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    batch = pseudo_collate([dataset[i] for i in range(2)])
+    batch = loader_batch(dataset, [0, 1])
+    views = loader_views_rgb(batch)
+    paths = [s.img_path for s in batch['data_samples']]
+    own = [sha256_of(p) for p in paths]
+    assert all(o in bank['identities'] for o in own)  # the training pictures are in the memory
+
     model.train()
     data = model.data_preprocessor(batch, True)
-    # the cache holds the training images: the encoder is not needed
-    cached = model.query_keys(data['inputs'], data['data_samples'])
-    encoded = model.query_encoder(model._raw_images(data['inputs'], data['data_samples']))
-    assert cached.shape == encoded.shape
     losses = model(**data, mode='loss')
-    total = sum(v for k, v in losses.items() if 'loss' in k)
+    result = retrieval_of(data['data_samples'])
+    # the keys come from the memory's query cache, found by content: the key encoder on the
+    # original image files, not on the augmented views the model sees
+    assert result.keys_from_cache.dtype == torch.bool and result.keys_from_cache.all()
+    from_files = encoder([read_file_rgb(p) for p in paths])
+    torch.testing.assert_close(result.query_keys, from_files, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(result.query_keys, encoder(views), atol=1e-4)
+    # training policy: a query never retrieves its own picture; otherwise the exact top-k
+    for b in range(len(paths)):
+        ids, scores = exact_top_k(bank, from_files[b], memory.k, exclude=own[b])
+        assert result.image_ids[b].tolist() == ids
+        torch.testing.assert_close(result.scores[b], scores, atol=1e-5, rtol=1e-5)
+        assert all(bank['identities'][r] != own[b] for r in result.rows[b].tolist())
+    # the retrieval statistics come with the losses and are not summed into the loss
+    stats = {k: float(v) for k, v in losses.items() if k.startswith('retrieval/')}
+    assert stats['retrieval/key_cache_hits'] == 1.0
+    assert stats['retrieval/scene_sim'] == pytest.approx(float(result.scores[:, 0].mean()),
+                                                         abs=1e-6)
+    total, _ = model.parse_losses(losses)
+    torch.testing.assert_close(total, sum(v.mean() for k, v in losses.items()
+                                          if not k.startswith('retrieval/')))
     assert torch.isfinite(total)
-    total.backward()
+
+    # the key encoder is frozen and outside the trained model: an optimizer step of the
+    # model changes the memory attention and leaves the encoder (and so the keys) alone
+    encoder_params = list(memory.key_encoder.parameters())
+    assert encoder_params and not any(p.requires_grad for p in encoder_params)
+    assert not {id(p) for p in encoder_params} & {id(p) for p in model.parameters()}
+    encoder_state = {k: v.clone() for k, v in memory.key_encoder.state_dict().items()}
     layers = model.panoptic_head.transformer_decoder.layers
+    attn_before = layers[0].memory_attn.k_proj.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)
+    optimizer.zero_grad()
+    total.backward()
     for i in (0, 2):  # a scene and an object layer
         assert layers[i].memory_attn.k_proj.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in model.query_encoder.parameters())
-    assert all(layer._memory is None for layer in layers), 'memory must not outlive a forward'
+    optimizer.step()
+    assert not torch.equal(layers[0].memory_attn.k_proj.weight, attn_before)
+    assert all(torch.equal(v, encoder_state[k])
+               for k, v in memory.key_encoder.state_dict().items())
+    torch.testing.assert_close(memory.key_encoder([read_file_rgb(p) for p in paths]),
+                               from_files)
+
+    # evaluation policy: nothing excluded, a picture of the memory retrieves itself first
     model.eval()
-    val = DATASETS.build(cfg.val_dataloader.dataset)
     with torch.no_grad():
-        results = model.test_step(pseudo_collate([val[i] for i in range(2)]))
+        result = model.retrieve(data['inputs'], data['data_samples'])
+    for b in range(len(paths)):
+        ids, _ = exact_top_k(bank, from_files[b], memory.k)
+        assert result.image_ids[b].tolist() == ids
+        assert bank['identities'][int(result.rows[b, 0])] == own[b]
+        assert float(result.scores[b, 0]) == pytest.approx(1.0, abs=1e-5)
+
+    # predictions keep the retrieval of their image, without the values; val pictures are
+    # in no cache: their keys are the encoder on the image the model sees
+    val = DATASETS.build(cfg.val_dataloader.dataset)
+    val_batch = pseudo_collate([val[i] for i in range(2)])
+    val_views = loader_views_rgb(val_batch)
+    assert not any(sha256_of(s.img_path) in bank['identities']
+                   for s in val_batch['data_samples'])
+    with torch.no_grad():
+        results = model.test_step(val_batch)
     assert results[0].pred_panoptic_seg.sem_seg.shape[-2:] == results[0].ori_shape
+    for view, sample in zip(val_views, results):
+        retrieval = sample.metainfo['retrieval']
+        assert retrieval.scene_values.shape == (1, memory.k, 0)
+        assert retrieval.object_values.shape[0] == 1 and retrieval.object_values.shape[-1] == 0
+        assert not retrieval.keys_from_cache.any()
+        key = encoder([view])
+        torch.testing.assert_close(retrieval.query_keys, key, atol=1e-5, rtol=1e-4)
+        ids, scores = exact_top_k(bank, key[0], memory.k)
+        assert retrieval.image_ids[0].tolist() == ids
+        torch.testing.assert_close(retrieval.scores[0], scores, atol=1e-4, rtol=1e-4)
+
+
+def test_maps_without_query_caches_encodes_the_model_input(synthetic_root, synthetic_memory):
+    model, cfg = build_tiny_maps(synthetic_root, synthetic_memory)
+    memory = build_external_memory(cfg.memory, device='cpu', query_caches=False)
+    assert not memory.caches
+    model.attach_memory(memory)
+    bank = bank_files(synthetic_memory)
+    encoder = independent_key_encoder(cfg, synthetic_memory)
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = loader_batch(dataset, [2, 3])
+    views = loader_views_rgb(batch)
+    paths = [s.img_path for s in batch['data_samples']]
+    model.train()
+    data = model.data_preprocessor(batch, True)
+    losses = model(**data, mode='loss')
+    result = retrieval_of(data['data_samples'])
+    assert not result.keys_from_cache.any()
+    assert float(losses['retrieval/key_cache_hits']) == 0.0
+    from_views = encoder(views)
+    torch.testing.assert_close(result.query_keys, from_views, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(result.query_keys, encoder([read_file_rgb(p) for p in paths]),
+                              atol=1e-4)
+    # the leak guard does not depend on the cache: still never the query's own picture
+    for b, path in enumerate(paths):
+        ids, _ = exact_top_k(bank, from_views[b], memory.k, exclude=sha256_of(path))
+        assert result.image_ids[b].tolist() == ids
+    # a memory whose values the model cannot read is refused
+    with pytest.raises(MemoryBankError, match='does not fit the model'):
+        model.panoptic_head.scene_memory_dims = 256
+        model.attach_memory(memory)
+
+
+COCO_LIKE_IDS = [632, 3, 1, 139, 4, 2]  # sparse COCO-style ids, among them 1..4
+
+
+def renumber_train_split(root, new_ids):
+    """Give the train images of a synthetic dataset other ids, and the file names that go
+    with them, in its panoptic and instance JSONs, images and PNGs."""
+    ann_dir = osp.join(root, 'annotations')
+    with open(osp.join(ann_dir, 'panoptic_train.json')) as f:
+        panoptic = json.load(f)
+    with open(osp.join(ann_dir, 'instances_train.json')) as f:
+        instances = json.load(f)
+    mapping = dict(zip([image['id'] for image in panoptic['images']], new_ids))
+    assert len(mapping) == len(new_ids)
+    moves = []
+    for image in panoptic['images'] + instances['images']:
+        old_name, image['file_name'] = image['file_name'], f'{mapping[image["id"]]:012d}.jpg'
+        if image in panoptic['images']:
+            moves.append((osp.join(root, 'train', old_name),
+                          osp.join(root, 'train', image['file_name'])))
+        image['id'] = mapping[image['id']]
+    for ann in panoptic['annotations']:
+        old_name, ann['file_name'] = ann['file_name'], f'{mapping[ann["image_id"]]:012d}.png'
+        moves.append((osp.join(ann_dir, 'panoptic_train', old_name),
+                      osp.join(ann_dir, 'panoptic_train', ann['file_name'])))
+        ann['image_id'] = mapping[ann['image_id']]
+    for ann in instances['annotations']:
+        ann['image_id'] = mapping[ann['image_id']]
+    for src, _ in moves:  # new names may be the old names of other images
+        os.rename(src, src + '.renumbering')
+    for src, dst in moves:
+        os.rename(src + '.renumbering', dst)
+    for name, data in (('panoptic_train.json', panoptic), ('instances_train.json', instances)):
+        with open(osp.join(ann_dir, name), 'w') as f:
+            json.dump(data, f)
+
+
+def build_memory(root, out):
+    """The memory of a synthetic dataset's train split (as conftest's synthetic_memory)."""
+    from mmmaps.memory.builder import MemoryBuilder
+    cfg = load_config_with_root(MEMORY_CFG, root, {'memory.build.chunk_size': 3,
+                                                   'memory.build.num_workers': 0})
+    builder = MemoryBuilder(cfg, out=out, device='cpu')
+    builder.prepare(resume=False, force=False)
+    builder.encode_chunks(progress=False)
+    builder.merge()
+    return out
+
+
+def test_coco_id_memory_serves_no_foreign_key_to_a_1_to_n_dataset(tmp_path):
+    """A memory of COCO-style ids and a training set numbered 1..N: the ids (and file names)
+    collide, the pictures differ. No key may come from the memory's cache and nothing may be
+    excluded as 'the query's own picture'."""
+    from mmmaps.datasets import generate_synthetic_panoptic
+    root_a, root_b = str(tmp_path / 'coco_like') + '/', str(tmp_path / 'one_to_n') + '/'
+    generate_synthetic_panoptic(root_a, num_train=6, num_val=1, seed=11, size=(64, 64),
+                                progress=False)
+    generate_synthetic_panoptic(root_b, num_train=4, num_val=1, seed=12, size=(64, 64),
+                                progress=False)
+    renumber_train_split(root_a, COCO_LIKE_IDS)
+    memory_a = build_memory(root_a, str(tmp_path / 'memory_a'))
+    bank = bank_files(memory_a)
+    assert sorted(bank['image_ids'].tolist()) == sorted(COCO_LIKE_IDS)
+    assert sorted(bank['cache_ids'].tolist()) == sorted(COCO_LIKE_IDS)
+
+    model, cfg = build_tiny_maps(root_b, memory_a, {'memory.retrieval.k': len(COCO_LIKE_IDS)})
+    encoder = independent_key_encoder(cfg, memory_a)
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = loader_batch(dataset, range(len(dataset)))
+    views = loader_views_rgb(batch)
+    samples = batch['data_samples']
+    paths = [s.img_path for s in samples]
+    ids = [s.img_id for s in samples]
+    # premises: B's ids and file names are A's, its pictures are not
+    assert sorted(ids) == [1, 2, 3, 4]
+    assert {osp.basename(p) for p in paths} <= set(bank['file_names'])
+    assert not {sha256_of(p) for p in paths} & set(bank['identities'])
+    # positive control: the memory's cache does serve A's own pictures, by content
+    a_file = osp.join(root_a, 'train', f'{COCO_LIKE_IDS[0]:012d}.jpg')
+    _, found = model.memory.query_keys([read_file_rgb(a_file)],
+                                       [model.memory.identity_of(a_file)])
+    assert found.tolist() == [True]
+    _, found = model.memory.query_keys(views, [model.memory.identity_of(p) for p in paths])
+    assert not found.any()
+
+    model.train()
+    data = model.data_preprocessor(batch, True)
+    losses = model(**data, mode='loss')
+    assert torch.isfinite(model.parse_losses(losses)[0])
+    result = retrieval_of(data['data_samples'])
+    assert not result.keys_from_cache.any()
+    assert float(losses['retrieval/key_cache_hits']) == 0.0
+    from_views = encoder(views)
+    torch.testing.assert_close(result.query_keys, from_views, atol=1e-5, rtol=1e-4)
+    for b, image_id in enumerate(ids):
+        # not A's cached key of the image with the same id
+        foreign = torch.from_numpy(bank['cache_keys'][bank['cache_ids'] == image_id][0])
+        assert not torch.allclose(result.query_keys[b], foreign, atol=1e-3)
+        # nothing excluded: all of A's images, in exact order, the namesake included
+        expected, _ = exact_top_k(bank, from_views[b], len(COCO_LIKE_IDS))
+        assert result.image_ids[b].tolist() == expected and image_id in expected
 
 
 def test_maps_without_memory_hook_says_so(synthetic_root):
@@ -225,13 +577,22 @@ def test_tiny_maps_trains_and_tests_through_the_tools(synthetic_root, synthetic_
                'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False']
     proc = run_tool(['tools/train.py', TINY_MAPS, '--work-dir', work, '--cfg-options',
                      'train_cfg.max_iters=2', 'train_cfg.val_interval=100',
-                     'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2',
+                     'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1',
+                     'train_dataloader.batch_size=2',
                      f'memory.root={synthetic_memory}'] + loaders, synthetic_root)
     log = proc.stdout + proc.stderr
-    assert 'leak guard (exclude the query image) on' in log and 'object bank' in log
+    assert 'object bank' in log and 'query caches by content: query_cache (8)' in log
+    # every synthetic training picture is in the memory; training never retrieves it
+    assert 'leak guard: 8 of the 8 training images are in the memory' in log
+    # the training images' keys all come from the cache (statistics logged with the losses)
+    assert re.search(r'retrieval/key_cache_hits: 1\.0+\b', log)
+    assert not re.search(r'retrieval/key_cache_hits: 0\.', log)
     ckpt = osp.join(work, 'iter_2.pth')
     meta = safe_torch_load(ckpt, map_location='cpu')['meta']
     assert meta['memory']['root'] == synthetic_memory
     proc = run_tool(['tools/test.py', TINY_MAPS, ckpt, '--work-dir', work, '--cfg-options',
                      f'memory.root={synthetic_memory}'] + loaders, synthetic_root)
     assert 'coco_panoptic/PQ' in open(osp.join(work, 'metrics.json')).read()
+    # the val pictures are in no cache: their keys are encoded (evaluation statistics)
+    log = proc.stdout + proc.stderr
+    assert re.search(r'retrieval \(test\) from .*retrieval/key_cache_hits=0\.0+\b', log)

@@ -3,6 +3,7 @@
 Nothing is trained: the models are their initialisations (tools/misc/init_checkpoint.py),
 the memory is the session's tiny random-weight memory (``synthetic_memory``).
 """
+import hashlib
 import importlib.util
 import os
 import os.path as osp
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, TINY_M2F, run_tool
+from tests.conftest import REPO_ROOT, TINY_M2F, load_config_with_root, run_tool
 
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
 TINY_PSF = osp.join(REPO_ROOT, 'configs', 'panoptic_segformer',
@@ -65,6 +66,31 @@ def val_image(synthetic_root):
     return osp.join(folder, sorted(os.listdir(folder))[0])
 
 
+def memory_arrays(memory_root):
+    """The scene bank and the query cache of a memory, read straight from their files."""
+    scene, cache = osp.join(memory_root, 'scene'), osp.join(memory_root, 'query_cache')
+    return dict(keys=np.load(osp.join(scene, 'keys.npy')).astype(np.float32),
+                image_ids=np.load(osp.join(scene, 'image_ids.npy')),
+                identities=[i.decode() for i in np.load(osp.join(scene, 'image_sha256.npy'))],
+                cache_keys=np.load(osp.join(cache, 'embeddings.npy')),
+                cache_identities=[i.decode() for i in
+                                  np.load(osp.join(cache, 'image_sha256.npy'))])
+
+
+def sha256_of(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def flat_search(keys, query, k):
+    """Exact inner-product search (faiss IndexFlatIP): (rows, scores) of the top k."""
+    import faiss
+    index = faiss.IndexFlatIP(keys.shape[1])
+    index.add(np.ascontiguousarray(keys, dtype=np.float32))
+    scores, rows = index.search(np.ascontiguousarray(query, dtype=np.float32)[None], k)
+    return rows[0].tolist(), scores[0].tolist()
+
+
 def run_demo(args, root, expect_ok=True):
     if expect_ok:
         return run_tool(['demo/image_demo.py'] + args, root)
@@ -94,8 +120,7 @@ def test_demo_maps_attaches_the_memory_and_shows_retrievals(checkpoints, val_ima
               f'memory.root={synthetic_memory}']
     plain = str(tmp_path / 'maps.png')
     proc = run_demo(common[:3] + ['--out-file', plain] + common[3:], synthetic_root)
-    log = proc.stdout + proc.stderr
-    assert 'object bank' in log and 'leak guard (exclude the query image) off' in log
+    assert 'panoptic segments' in proc.stdout and 'retrieved' not in proc.stdout
     image = read_png(plain)
     assert image.shape == (SIZE, SIZE, 3)
     assert_not_blank(image)
@@ -103,6 +128,8 @@ def test_demo_maps_attaches_the_memory_and_shows_retrievals(checkpoints, val_ima
     panel_path = str(tmp_path / 'maps_retrievals.png')
     proc = run_demo(common[:3] + ['--out-file', panel_path, '--show-retrievals'] + common[3:],
                     synthetic_root)
+    assert f'retrieved 5 scenes from {synthetic_memory}' in proc.stdout
+    assert 'retrieves itself' not in proc.stdout  # a val picture is not in the memory
     ranks = re.findall(r'#(\d+)\s+id (\d+)\s+similarity (-?[\d.]+)\s+(\S+)', proc.stdout)
     assert [int(r[0]) for r in ranks] == [1, 2, 3, 4, 5]  # k = memory.retrieval.k = 5
     scores = [float(r[2]) for r in ranks]
@@ -116,6 +143,32 @@ def test_demo_maps_attaches_the_memory_and_shows_retrievals(checkpoints, val_ima
     # every retrieved tile shows a (non-constant) image
     tiles = np.array_split(panel[:160], 6, axis=1)
     assert all(t.std() > 5 for t in tiles)
+
+    # what the demo printed is the retrieval its prediction carries (metainfo['retrieval'],
+    # values stripped), and that is the exact nearest-neighbour search of the bank with the
+    # key encoder's embedding of the image the model sees
+    from mmcv.transforms import Compose
+
+    from mmmaps.apis import inference_panoptic, init_panoptic_model, pipeline_without_annotations
+    from mmmaps.memory import ExternalMemory, build_memory_encoder
+    cfg = load_config_with_root(TINY_MAPS, synthetic_root, {'memory.root': synthetic_memory})
+    model = init_panoptic_model(cfg, checkpoints['maps'], device='cpu')
+    assert isinstance(model.memory, ExternalMemory)
+    assert model.memory.root.root == osp.abspath(synthetic_memory)
+    sample = inference_panoptic(model, val_image)
+    retrieval = sample.metainfo['retrieval']
+    assert retrieval.scene_values.shape == (1, 5, 0) and retrieval.object_values.shape[-1] == 0
+    assert not retrieval.keys_from_cache.any()  # val pictures are in no query cache
+    seen = Compose(pipeline_without_annotations(cfg))(dict(img_path=val_image, img_id=0))
+    assert tuple(seen['inputs'].shape[-2:]) != (SIZE, SIZE)  # the test pipeline resized it
+    key = build_memory_encoder(cfg.memory.key_encoder)([seen['inputs'][[2, 1, 0]]])
+    torch.testing.assert_close(retrieval.query_keys, key, atol=1e-5, rtol=1e-4)
+    bank = memory_arrays(synthetic_memory)
+    rows, exact_scores = flat_search(bank['keys'], key[0].numpy(), 5)
+    exact_ids = bank['image_ids'][rows].tolist()
+    assert retrieval.image_ids[0].tolist() == exact_ids
+    assert [int(r[1]) for r in ranks] == exact_ids
+    assert scores == pytest.approx(exact_scores, abs=2e-4)
 
 
 def test_demo_show_retrievals_needs_maps(checkpoints, val_image, synthetic_root, tmp_path):
@@ -208,20 +261,57 @@ def test_show_retrievals_scene_grid(viewer, synthetic_root, synthetic_memory, mo
     assert grids[2].shape[0] == grids[3].shape[0]
 
 
-def test_show_retrievals_train_split_uses_cache_and_leak_guard(viewer, synthetic_root,
-                                                              synthetic_memory, monkeypatch,
-                                                              tmp_path, capsys):
+def test_show_retrievals_train_split_uses_cache_and_leak_guard(
+        viewer, synthetic_root, synthetic_memory, monkeypatch, tmp_path, capsys):
     out = str(tmp_path / 'train.png')
     show(viewer, synthetic_root, monkeypatch,
          ['--bank', synthetic_memory, '--split', 'train', '--num', '4', '--k', '3',
           '--out', out])
     text = capsys.readouterr().out
-    assert 'keys from query cache' in text and 'leak guard drops' in text
+    assert 'queries: train split' in text
+    assert f'query caches by content ({synthetic_memory}/query_cache)' in text
+    assert 'training policy: a query never retrieves its own picture' in text
+    found = query_lines(text)
+    assert len(found) == 4
+    bank = memory_arrays(synthetic_memory)
+    for query, ids in found.items():
+        assert len(ids) == 3 and query not in ids  # never retrieves itself
+        # the cached key of the picture (found by content), exact search without the picture
+        own = sha256_of(osp.join(synthetic_root, 'train', f'{query:012d}.jpg'))
+        key = bank['cache_keys'][bank['cache_identities'].index(own)]
+        rows, _ = flat_search(bank['keys'], key, len(bank['keys']))
+        assert ids == [int(bank['image_ids'][r]) for r in rows
+                       if bank['identities'][r] != own][:3]
+    assert read_png(out).shape[0] % 4 == 0
+
+    # --no-cache: the key encoder on the query files gives the same keys, so the same ids
+    show(viewer, synthetic_root, monkeypatch,
+         ['--bank', synthetic_memory, '--split', 'train', '--num', '4', '--k', '3', '--no-cache',
+          '--out', str(tmp_path / 'train_no_cache.png')])
+    text = capsys.readouterr().out
+    assert 'query caches by content (none)' in text
+    assert query_lines(text) == found
+
+
+def test_show_retrievals_other_splits_use_the_evaluation_policy(
+        viewer, synthetic_root, synthetic_memory, monkeypatch, tmp_path, capsys):
+    """Queries of a non-train split retrieve as at test time: nothing is excluded, so the
+    pictures of the memory (here the val split pointed at the train images) find
+    themselves first."""
+    show(viewer, synthetic_root, monkeypatch,
+         ['--bank', synthetic_memory, '--num', '4', '--k', '3', '--out',
+          str(tmp_path / 'eval.png'), '--cfg-options',
+          'val_dataloader.dataset.ann_file=annotations/panoptic_train.json',
+          'val_dataloader.dataset.data_prefix.img=train/',
+          'val_dataloader.dataset.data_prefix.seg=annotations/panoptic_train/'])
+    text = capsys.readouterr().out
+    assert 'queries: val split' in text and 'evaluation policy: nothing excluded' in text
     found = query_lines(text)
     assert len(found) == 4
     for query, ids in found.items():
-        assert len(ids) == 3 and query not in ids  # never retrieves itself
-    assert read_png(out).shape[0] % 4 == 0
+        assert len(ids) == 3 and ids[0] == query
+    sims = re.findall(r'query (\d+): \d+ \((-?[\d.]+)\)', text)
+    assert [float(s) for _, s in sims] == pytest.approx([1.0] * 4, abs=1e-3)
 
 
 def test_show_retrievals_objects(viewer, synthetic_root, synthetic_memory, monkeypatch,
@@ -282,7 +372,7 @@ def test_bank_images_follow_appended_sources(tmp_path):
 
     from mmengine.config import Config
 
-    from mmmaps.apis import BankImages, memory_ann_sha256s
+    from mmmaps.apis import BankImages
     cfg = Config(dict(train_dataloader=dict(dataset=dict(
         type='CocoPanopticDataset', data_root=str(tmp_path / 'root'),
         ann_file='annotations/panoptic_train.json',
@@ -301,7 +391,6 @@ def test_bank_images_follow_appended_sources(tmp_path):
     assert images.path(2) == osp.join(str(tmp_path / 'root'), 'train/', 'b.jpg')
     assert images.path(11) == osp.join(extra, 'sub/y.jpg')
     assert images.source_of(10)['ann_files'] == ['/data/extra.json']
-    assert memory_ann_sha256s(memory) == {'t', 'e'}
     with pytest.raises(FileNotFoundError, match=re.escape(osp.join(extra, 'x.jpg'))):
         images.read(10)
     with pytest.raises(KeyError, match='image id 99 is not in the memory bank'):

@@ -7,12 +7,12 @@
 
 Scenes (default): one row per query image (the first ``--num`` images of the config's
 ``<split>_dataloader`` dataset, or ``--ids``) followed by the k scenes retrieved for it,
-captioned with their image ids and similarities. The query key is the memory's key
-encoder (``memory.key_encoder`` of the config, checked against the bank like
-``MemoryHook`` does) on the query image, or the split's query cache when one exists
-(``ROOT`` for the split the memory was built from, ``ROOT_<split>`` from
-``tools/build_memory.py --split val --query-cache-only``). The leak guard of the
-memory applies: a query from the bank's own dataset never retrieves itself.
+captioned with their image ids and similarities. The memory is the config's, built by
+``mmmaps.memory.build_external_memory`` exactly as for a run: the query key comes from a
+query cache that holds the image (by file content: ``ROOT`` and ``ROOT_val``/``ROOT_test``
+from ``tools/build_memory.py --split val --query-cache-only``), else from the memory's key
+encoder on the image. Train-split queries follow the training policy (a query never
+retrieves its own picture), other splits the evaluation policy (nothing excluded).
 
 Objects (``--objects``): one row per chosen ground-truth segment of a query (its
 ``--num-segments`` largest, or ``--segments``): the query with the segment marked,
@@ -45,9 +45,7 @@ def parse_args(argv=None):
                         help='split of the query images (default: val)')
     parser.add_argument('--num', type=int, default=8, help='first N images of the split')
     parser.add_argument('--ids', type=int, nargs='+', help='query image ids instead of --num')
-    parser.add_argument('--k', type=int,
-                        help='scenes per query (default: the model\'s num_retrievals, else '
-                        'memory.retrieval.k)')
+    parser.add_argument('--k', type=int, help='scenes per query (default: memory.retrieval.k)')
     parser.add_argument('--objects', action='store_true',
                         help='retrieved objects of chosen query segments instead of scenes')
     parser.add_argument('--num-segments', type=int, default=2,
@@ -94,86 +92,85 @@ def _select_records(records, args, chosen_segments):
     return [by_id[i] for i in ids]
 
 
-def _default_k(cfg, retriever) -> int:
-    head = (cfg.get('model') or {}).get('panoptic_head') or {}
-    return int(head.get('num_retrievals') or retriever.k)
-
-
 class Viewer:
     """Loads the memory and encoders once; draws rows for query records."""
 
     def __init__(self, cfg, args):
         import torch
 
-        from mmmaps.apis import (BankImages, KeyEncoderModel, load_memory, query_cache_for,
-                                 same_encoder)
-        from mmmaps.apis.retrievals import encoder_mismatch, memory_ann_sha256s
+        from mmmaps.apis import BankImages, SourceSegments
+        from mmmaps.memory import build_external_memory
         from mmmaps.memory.builder import memory_cfg_of
         from mmmaps.memory.dataset_records import load_panoptic_records
         from mmmaps.memory.encoders import build_memory_encoder
+        from mmmaps.memory.memory_root import ENCODER_IDENTITY
 
         self.args = args
         self.cfg = cfg
         memory_cfg = memory_cfg_of(cfg)
+        # the top-k as the model sees it at test time (no k' sampling); --k overrides k
+        retrieval = dict(memory_cfg.get('retrieval') or {}, random_sampling=None)
+        if args.k is not None:
+            if args.k < 1:
+                raise ViewerError(f'--k must be >= 1, got {args.k}')
+            retrieval['k'] = args.k
+        memory_cfg['retrieval'] = retrieval
         self.records, self.source = load_panoptic_records(cfg, args.split)
         self.device = torch.device(args.device or
                                    ('cuda' if torch.cuda.is_available() else 'cpu'))
-        self.key_encoder = build_memory_encoder(memory_cfg['key_encoder']).to(self.device)
-        hook = load_memory(cfg, KeyEncoderModel(self.key_encoder), memory_root=args.bank,
-                           use_gpu=self.device.type == 'cuda')
-        self.memory, self.retriever = hook.memory, hook.retriever
-        self.k = args.k or _default_k(cfg, self.retriever)
-        if self.k < 1:
-            raise ViewerError(f'--k must be >= 1, got {self.k}')
-        self.images = BankImages(cfg, self.memory)
-        # the leak guard needs real image ids, which only make sense for the bank's own dataset
-        self.same_source = self.source['ann_sha256'] in memory_ann_sha256s(self.memory)
-        self.cache = None if args.no_cache else query_cache_for(self.memory, args.split,
-                                                                args.bank)
-        self.bank_classes = list(self.memory.source.get('classes') or self.source['classes'])
+        self.memory = build_external_memory(memory_cfg, root=args.bank, device=self.device,
+                                            query_caches=not args.no_cache)
+        self.k = self.memory.k
+        self.images = BankImages(cfg, self.memory.root)
+        self.bank_classes = list(self.memory.root.source.get('classes') or
+                                 self.source['classes'])
         self.query_classes = list(self.source['classes'])
         self.dense_encoder = self.segments = None
         if args.objects:
-            if self.memory.object_bank is None:
+            object_bank = self.memory.root.object_bank
+            if object_bank is None:
                 raise ViewerError(f'--objects needs an object bank; the memory at '
-                                  f'{self.memory.root} has none (memory.dense_encoder was None '
-                                  'when it was built)')
+                                  f'{self.memory.root.root} has none (memory.dense_encoder was '
+                                  'None when it was built)')
             dense_cfg = memory_cfg.get('dense_encoder')
             if not dense_cfg:
                 raise ViewerError('--objects needs memory.dense_encoder in the config (to pool '
                                   'the query segments like the bank\'s objects)')
             self.dense_encoder = build_memory_encoder(dense_cfg).to(self.device)
-            built, recorded = self.dense_encoder.describe(), self.memory.dense_encoder or {}
-            if not same_encoder(built, recorded):
-                raise ViewerError(encoder_mismatch('dense encoder', self.memory, built, recorded))
-            from mmmaps.apis import SourceSegments
+            built, recorded = self.dense_encoder.describe(), self.memory.root.dense_encoder or {}
+            fields = [f'{f}: memory {recorded.get(f)!r}, config {built.get(f)!r}'
+                      for f in ENCODER_IDENTITY if built.get(f) != recorded.get(f)]
+            if fields:
+                raise ViewerError(
+                    f'the dense encoder of the config does not match the one the memory at '
+                    f'{self.memory.root.root} was built with (' + '; '.join(fields) + '); '
+                    'rebuild the memory with tools/build_memory.py CONFIG or pass the config '
+                    'it was built from')
             self.segments = SourceSegments(self.images)
         self._bank_image_cache = OrderedDict()
 
     # ------------------------------------------------------------------ retrieval
+    @property
+    def training_policy(self) -> bool:
+        """Queries of the train split are retrieved as in training (never their own
+        picture); other splits as at test time (nothing excluded)."""
+        return self.args.split == 'train'
+
     def describe(self) -> str:
-        key_source = (f'query cache {self.cache.path}' if self.cache is not None else
-                      f'key encoder {self.memory.key_encoder.get("type")} '
-                      f'{self.memory.key_encoder.get("arch")} on the query images')
-        guard = ('the leak guard drops each query image from its own results'
-                 if self.same_source and self.retriever.exclude_self else
-                 'queries from the bank\'s own dataset retrieve themselves (leak guard off)'
-                 if self.same_source else 'queries are not in the bank')
-        return (f'queries: {self.args.split} split, keys from '
-                f'{key_source}; k={self.k}; {guard}')
+        caches = ', '.join(c.path for c in self.memory.caches) or 'none'
+        policy = ('training policy: a query never retrieves its own picture (by file content)'
+                  if self.training_policy else
+                  'evaluation policy: nothing excluded (an image in the memory retrieves itself)')
+        return (f'queries: {self.args.split} split; keys from the query caches by content '
+                f'({caches}), else the key encoder {self.memory.root.key_encoder.get("type")} '
+                f'{self.memory.root.key_encoder.get("arch")}; k={self.k}; {policy}')
 
     def retrieve(self, record, image):
         import torch
-
-        from mmmaps.apis import encode_images
-        image_id = record['img_id']
-        if self.cache is not None and image_id in self.cache:
-            keys = self.cache.lookup([image_id])
-        else:
-            keys = encode_images(self.key_encoder, [image])
-        return self.retriever.query(keys.to(torch.float32).cpu(),
-                                    image_ids=[image_id] if self.same_source else None,
-                                    k=self.k, with_objects=self.args.objects)
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        return self.memory.retrieve([tensor.to(self.device)], [record['img_path']],
+                                    training=self.training_policy,
+                                    with_objects=self.args.objects)
 
     def bank_image(self, image_id: int) -> np.ndarray:
         if image_id not in self._bank_image_cache:
@@ -234,9 +231,9 @@ class Viewer:
         pooled, valid, _ = pool_segments(dense, torch.from_numpy(id_map).to(dense.device),
                                          [s[0] for s in segments])
         pooled = pooled.float().cpu().numpy()
-        objects = retrieved_objects(self.memory.object_bank, result, 0,
-                                    self.retriever.max_objects)
-        values = np.asarray(self.memory.object_bank.values[
+        object_bank = self.memory.root.object_bank
+        objects = retrieved_objects(object_bank, result, 0, self.memory.retriever.max_objects)
+        values = np.asarray(object_bank.values[
             [o['value_index'] for o in objects]], np.float32).reshape(len(objects), -1)
         values /= np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
         rows, text = [], []

@@ -3,4 +3,3 @@
 _base_ = '../maps_r50_8xb2-lsj-160k_ade20k-panoptic.py'
 
 memory = dict(retrieval=dict(random_sampling=10))
-model = dict(panoptic_head=dict(random_sampling=10))

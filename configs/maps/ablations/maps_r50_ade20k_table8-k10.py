@@ -3,4 +3,3 @@
 _base_ = '../maps_r50_8xb2-lsj-160k_ade20k-panoptic.py'
 
 memory = dict(retrieval=dict(k=10, max_objects=200))
-model = dict(panoptic_head=dict(num_retrievals=10))

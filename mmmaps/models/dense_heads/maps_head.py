@@ -1,7 +1,6 @@
 """Mask2Former head whose decoder reads scene and object memory (MAPS section 3.3)."""
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -9,7 +8,9 @@ from torch import Tensor
 
 from mmdet.models.dense_heads import Mask2FormerHead
 from mmdet.registry import MODELS
+from mmdet.structures import SampleList
 
+from ...memory.retriever import RetrievalResult
 from ..layers import MAPSTransformerDecoder
 
 
@@ -30,6 +31,12 @@ class MemoryInputs:
     object_mask: Optional[Tensor] = None
     query_keys: Optional[Tensor] = None
 
+    @classmethod
+    def from_retrieval(cls, result: RetrievalResult) -> 'MemoryInputs':
+        return cls(scene=result.scene_values, scene_mask=result.scene_mask,
+                   objects=result.object_values, object_mask=result.object_mask,
+                   query_keys=result.query_keys)
+
 
 @MODELS.register_module()
 class MAPSMask2FormerHead(Mask2FormerHead):
@@ -38,15 +45,19 @@ class MAPSMask2FormerHead(Mask2FormerHead):
     By default (9 layers) layers 0-2 attend to the scene memory, 3-5 to the object
     memory and 6-8 are plain Mask2Former layers (MAPS section 3.3).
 
+    The memory of each image arrives with its data sample:
+    ``data_sample.metainfo['retrieval']`` is the image's
+    :class:`~mmmaps.memory.RetrievalResult` (scene values (1, k, C_s), object values
+    (1, K_obj, C_o), padding masks; MAPS puts it there), and :meth:`forward` hands each
+    decoder layer the memory it reads as an argument. How many images are retrieved, and
+    how, is the memory's business (the config's ``memory.retrieval``), not the head's.
+
     Args:
         scene_layers (Sequence[int]): Decoder layers reading the scene memory.
         object_layers (Sequence[int]): Decoder layers reading the object memory.
         scene_memory_dims (int): C_s of the scene values (CLIP ViT-B/16: 512).
         object_memory_dims (int): C_o of the object values.
         memory_num_heads (int): Heads of the memory attention (1 = Eq. 1).
-        num_retrievals (int): k images retrieved per query image (Table 8).
-        random_sampling (int, optional): k' > k; in training sample k of the top-k'
-            (Table 5 "Random-Sampling").
         use_scene_memory (bool): Forward-pass switch (Table 7).
         use_object_memory (bool): Forward-pass switch (Table 7).
         swap_memory (bool): Scene layers read the object memory and vice versa
@@ -66,7 +77,6 @@ class MAPSMask2FormerHead(Mask2FormerHead):
     def __init__(self, *args, scene_layers: Sequence[int] = (0, 1, 2),
                  object_layers: Sequence[int] = (3, 4, 5), scene_memory_dims: int = 512,
                  object_memory_dims: int = 512, memory_num_heads: int = 1,
-                 num_retrievals: int = 5, random_sampling: Optional[int] = None,
                  use_scene_memory: bool = True, use_object_memory: bool = True,
                  swap_memory: bool = False, input_masking: float = 0.0,
                  layer_masking: float = 0.0, aug_cls: bool = False,
@@ -87,13 +97,8 @@ class MAPSMask2FormerHead(Mask2FormerHead):
         for name, p in (('input_masking', input_masking), ('layer_masking', layer_masking)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f'{name} must be in [0, 1), got {p}')
-        if random_sampling is not None and random_sampling <= num_retrievals:
-            raise ValueError(f'random_sampling (k\'={random_sampling}) must exceed '
-                             f'num_retrievals (k={num_retrievals})')
         self.scene_layers, self.object_layers = scene_layers, object_layers
         self.scene_memory_dims, self.object_memory_dims = scene_memory_dims, object_memory_dims
-        self.num_retrievals = num_retrievals
-        self.random_sampling = random_sampling
         self.use_scene_memory, self.use_object_memory = use_scene_memory, use_object_memory
         self.swap_memory = swap_memory
         self.input_masking, self.layer_masking = input_masking, layer_masking
@@ -168,14 +173,57 @@ class MAPSMask2FormerHead(Mask2FormerHead):
             per_layer.append((values, mask))
         return per_layer
 
-    @contextlib.contextmanager
-    def memory(self, memory: Optional[MemoryInputs]) -> Iterator[None]:
-        """Within the block the decoder layers attend to ``memory``."""
-        layers = self.transformer_decoder.layers
-        for layer, item in zip(layers, self._memory_per_layer(memory)):
-            layer.set_memory(item)
-        try:
-            yield
-        finally:
-            for layer in layers:
-                layer.set_memory(None)
+    def memory_of(self, batch_data_samples: SampleList) -> Optional[MemoryInputs]:
+        """The batch's memory, from each sample's ``metainfo['retrieval']``."""
+        if not self.needs_memory:
+            return None
+        missing = [i for i, s in enumerate(batch_data_samples) if 'retrieval' not in s]
+        if missing:
+            raise KeyError(f'data samples {missing} carry no metainfo["retrieval"]: the MAPS '
+                           'head reads the memory each sample brings (MAPS.loss/predict '
+                           'retrieve it); call the head through the MAPS detector')
+        return MemoryInputs.from_retrieval(
+            RetrievalResult.cat([s.retrieval for s in batch_data_samples]))
+
+    def forward(self, x: List[Tensor],
+                batch_data_samples: SampleList) -> Tuple[List[Tensor], List[Tensor]]:
+        """Mask2FormerHead.forward with each decoder layer given its memory.
+
+        Returns:
+            tuple: per decoder stage, class logits (B, N_q, C + 1) and mask logits
+            (B, N_q, h, w), as Mask2FormerHead.
+        """
+        memory = self._memory_per_layer(self.memory_of(batch_data_samples))
+        batch_size = x[0].shape[0]
+        mask_features, multi_scale_memorys = self.pixel_decoder(x)
+        decoder_inputs, decoder_positional_encodings = [], []
+        for i in range(self.num_transformer_feat_level):
+            decoder_input = self.decoder_input_projs[i](multi_scale_memorys[i])
+            decoder_input = decoder_input.flatten(2).permute(0, 2, 1)
+            decoder_input = decoder_input + self.level_embed.weight[i].view(1, 1, -1)
+            mask = decoder_input.new_zeros((batch_size, ) + multi_scale_memorys[i].shape[-2:],
+                                           dtype=torch.bool)
+            positional = self.decoder_positional_encoding(mask).flatten(2).permute(0, 2, 1)
+            decoder_inputs.append(decoder_input)
+            decoder_positional_encodings.append(positional)
+        query_feat = self.query_feat.weight.unsqueeze(0).repeat((batch_size, 1, 1))
+        query_embed = self.query_embed.weight.unsqueeze(0).repeat((batch_size, 1, 1))
+
+        cls_pred, mask_pred, attn_mask = self._forward_head(
+            query_feat, mask_features, multi_scale_memorys[0].shape[-2:])
+        cls_pred_list, mask_pred_list = [cls_pred], [mask_pred]
+        for i in range(self.num_transformer_decoder_layers):
+            level_idx = i % self.num_transformer_feat_level
+            # a query whose mask is all background attends everywhere (as Mask2Former)
+            attn_mask = attn_mask & (attn_mask.sum(-1) != attn_mask.shape[-1]).unsqueeze(-1)
+            query_feat = self.transformer_decoder.layers[i](
+                query=query_feat, key=decoder_inputs[level_idx],
+                value=decoder_inputs[level_idx], query_pos=query_embed,
+                key_pos=decoder_positional_encodings[level_idx], cross_attn_mask=attn_mask,
+                query_key_padding_mask=None, key_padding_mask=None, memory=memory[i])
+            cls_pred, mask_pred, attn_mask = self._forward_head(
+                query_feat, mask_features,
+                multi_scale_memorys[(i + 1) % self.num_transformer_feat_level].shape[-2:])
+            cls_pred_list.append(cls_pred)
+            mask_pred_list.append(mask_pred)
+        return cls_pred_list, mask_pred_list

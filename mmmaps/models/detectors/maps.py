@@ -8,71 +8,45 @@ from mmdet.models.detectors import Mask2Former
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 
-from ...memory.encoders import BaseMemoryEncoder, build_memory_encoder
-from ..dense_heads.maps_head import MAPSMask2FormerHead, MemoryInputs
+from ...memory.external_memory import ExternalMemory
+from ...memory.retriever import RetrievalResult
+from ..dense_heads.maps_head import MAPSMask2FormerHead
 
 
 @MODELS.register_module()
 class MAPS(Mask2Former):
     """Memory Augmented Panoptic Segmentation (MAPS, Fig. 2).
 
-    For each input image a frozen encoder computes the query key (CLIP CLS),
-    the attached :class:`~mmmaps.memory.MemoryRetriever` returns the k most
-    similar training scenes and their objects, and the
-    :class:`MAPSMask2FormerHead` decoder fuses them into the object queries.
+    For each input image the attached :class:`~mmmaps.memory.ExternalMemory` (built from
+    the config's ``memory`` section and attached by ``MemoryHook``, or by
+    :meth:`attach_memory` outside a run) computes the query key with its frozen encoder (or
+    takes it from a query cache), retrieves the k most similar training scenes and their
+    objects, and :class:`MAPSMask2FormerHead` fuses them into the object queries.
 
-    The memory is attached by ``MemoryHook`` (``custom_hooks``), which loads the
-    banks of ``memory.root`` and checks them against :meth:`memory_spec`. During
-    training the query keys come from the memory's query-embedding cache (by
-    image id) when it holds every image of the batch, otherwise the encoder runs
-    on the un-normalised input images (B, 3, H, W), as it always does at test
-    time unless an evaluation cache is attached.
+    The retrieval of an image travels with its data sample as ``metainfo['retrieval']``
+    (a :class:`~mmmaps.memory.RetrievalResult` of one image): the head reads it there, and
+    the predicted samples keep it (ids, scores, masks and keys, without the values).
+    Training losses also report the retrieval statistics (``retrieval/scene_sim`` ...,
+    not summed into the loss).
 
     Args:
-        query_encoder (dict): Config of the frozen key encoder (the memory's
-            ``key_encoder``). It is kept out of the module tree: no gradients,
-            not in checkpoints, untouched by ``init_weights``.
         **kwargs: Mask2Former arguments; ``panoptic_head`` must be a
             ``MAPSMask2FormerHead``.
     """
 
-    def __init__(self, *args, query_encoder: Optional[dict] = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.panoptic_head, MAPSMask2FormerHead):
             raise TypeError('MAPS needs panoptic_head=dict(type="MAPSMask2FormerHead", ...), '
                             f'got {type(self.panoptic_head).__name__}')
-        if query_encoder is None and self.panoptic_head.needs_memory:
-            raise ValueError('MAPS needs query_encoder (the memory key encoder config, e.g. '
-                             'query_encoder={{_base_.memory.key_encoder}})')
-        # plain attributes, not submodules (see the class docstring)
-        self.__dict__.update(_query_encoder_cfg=query_encoder, _query_encoder=None,
-                             retriever=None, memory=None, eval_query_cache=None)
+        self.memory: Optional[ExternalMemory] = None
 
-    # ------------------------------------------------------------------ memory
-    @property
-    def query_encoder(self) -> BaseMemoryEncoder:
-        if self._query_encoder is None:
-            self.__dict__['_query_encoder'] = build_memory_encoder(self._query_encoder_cfg)
-        return self._query_encoder
-
-    def memory_spec(self) -> Dict:
-        """What the memory must provide (checked by ``MemoryHook``)."""
+    def attach_memory(self, memory: ExternalMemory) -> None:
+        """Read ``memory`` from now on (it must hold the value dims the head reads)."""
         head = self.panoptic_head
-        sources = set(s for s in head.layer_sources if s)
-        spec = dict(key_encoder=None if self._query_encoder_cfg is None else
-                    self.query_encoder.describe())
-        if spec['key_encoder'] is not None:
-            spec['key_dim'] = spec['key_encoder']['out_channels']
-        if 'scene' in sources:
-            spec['scene_dim'] = head.scene_memory_dims
-        if 'object' in sources:
-            spec['object_dim'] = head.object_memory_dims
-        return spec
-
-    def attach_memory(self, retriever, memory=None, eval_query_cache=None) -> None:
-        """Use ``retriever`` (and ``memory.query_cache`` in training)."""
-        self.__dict__.update(retriever=retriever, memory=memory,
-                             eval_query_cache=eval_query_cache)
+        memory.check_fits(scene_dim=head.scene_memory_dims if head.reads_scene else None,
+                          object_dim=head.object_memory_dims if head.reads_objects else None)
+        self.memory = memory
 
     def _raw_images(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> List[Tensor]:
         """Undo the data preprocessor: RGB images (3, h, w) in [0, 255], unpadded."""
@@ -86,52 +60,46 @@ class MAPS(Mask2Former):
             out.append(image[:, :height, :width].clamp(0, 255))
         return out
 
-    def query_keys(self, batch_inputs: Tensor, batch_data_samples: SampleList,
-                   ids: Optional[List] = None) -> Tensor:
-        """(B, D) query embeddings: from a cache when it has every image, else encoded."""
-        if ids is None:
-            ids = [sample.metainfo.get('img_id') for sample in batch_data_samples]
-        cache = (self.memory.query_cache if self.training and self.memory is not None
-                 else self.eval_query_cache)
-        if cache is not None and all(i is not None and i in cache for i in ids):
-            return cache.lookup(ids, device=batch_inputs.device)
-        encoder = self.query_encoder
-        if encoder.device != batch_inputs.device:
-            encoder.to(batch_inputs.device)
-        return encoder(self._raw_images(batch_inputs, batch_data_samples))
-
     def retrieve(self, batch_inputs: Tensor,
-                 batch_data_samples: SampleList) -> Optional[MemoryInputs]:
+                 batch_data_samples: SampleList) -> Optional[RetrievalResult]:
+        """The batch's retrieval, also put into each sample's ``metainfo['retrieval']``
+        (None, and nothing put, when the head reads no memory)."""
         head = self.panoptic_head
         if not head.needs_memory:
             return None
-        if self.retriever is None:
+        if self.memory is None:
             raise RuntimeError('MAPS has no memory attached: add custom_hooks = '
                                '[dict(type="MemoryHook")] and build the memory with '
                                'tools/build_memory.py CONFIG')
-        ids = [sample.metainfo.get('img_id') for sample in batch_data_samples]
-        keys = self.query_keys(batch_inputs, batch_data_samples, ids)
-        result = self.retriever.query(
-            keys, image_ids=None if None in ids else ids, k=head.num_retrievals,
-            training=self.training,
-            random_sampling=head.random_sampling if self.training else None,
-            with_objects=head.reads_objects)
-        return MemoryInputs(scene=result.scene_values, scene_mask=result.scene_mask,
-                            objects=result.object_values, object_mask=result.object_mask,
-                            query_keys=keys)
+        with torch.no_grad():
+            result = self.memory.retrieve(
+                self._raw_images(batch_inputs, batch_data_samples),
+                [sample.metainfo.get('img_path') for sample in batch_data_samples],
+                training=self.training, with_objects=head.reads_objects)
+        for index, sample in enumerate(batch_data_samples):
+            sample.set_metainfo(dict(retrieval=result.select(index)))
+        return result
 
     # ------------------------------------------------------------------ forward
     def loss(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> Dict[str, Tensor]:
-        with self.panoptic_head.memory(self.retrieve(batch_inputs, batch_data_samples)):
-            return super().loss(batch_inputs, batch_data_samples)
+        result = self.retrieve(batch_inputs, batch_data_samples)
+        losses = super().loss(batch_inputs, batch_data_samples)
+        if result is not None:
+            losses.update({f'retrieval/{name}': torch.tensor(value, device=batch_inputs.device)
+                           for name, value in result.statistics(
+                               self.memory.retriever.max_objects).items()})
+        return losses
 
     def predict(self, batch_inputs: Tensor, batch_data_samples: SampleList,
                 rescale: bool = True) -> SampleList:
-        with self.panoptic_head.memory(self.retrieve(batch_inputs, batch_data_samples)):
-            return super().predict(batch_inputs, batch_data_samples, rescale=rescale)
+        self.retrieve(batch_inputs, batch_data_samples)
+        results = super().predict(batch_inputs, batch_data_samples, rescale=rescale)
+        for sample in results:
+            if 'retrieval' in sample:
+                sample.set_metainfo(dict(retrieval=sample.retrieval.without_values()))
+        return results
 
     def _forward(self, batch_inputs: Tensor, batch_data_samples: SampleList = None):
-        memory = (self.retrieve(batch_inputs, batch_data_samples)
-                  if batch_data_samples is not None else None)
-        with self.panoptic_head.memory(memory):
-            return super()._forward(batch_inputs, batch_data_samples)
+        if batch_data_samples is not None:
+            self.retrieve(batch_inputs, batch_data_samples)
+        return super()._forward(batch_inputs, batch_data_samples)

@@ -29,9 +29,8 @@ class MAPSTransformerDecoderLayer(Mask2FormerTransformerDecoderLayer):
             themselves instead (the "Mask2Former (6)/(9)" extra-layer baseline).
         **kwargs: Mask2FormerTransformerDecoderLayer arguments.
 
-    The memory of a forward pass is given with :meth:`set_memory` (values
-    (B, M, C_m), padding mask (B, M)) because mmdet's head calls its layers with a
-    fixed signature.
+    ``forward(..., memory=(values (B, M, C_m), padding mask (B, M)))`` gives the
+    layer its memory for this pass (``None``: none).
     """
 
     def __init__(self, memory_dims: Optional[int] = None, memory_num_heads: int = 1,
@@ -43,21 +42,17 @@ class MAPSTransformerDecoderLayer(Mask2FormerTransformerDecoderLayer):
                             if memory_dims is not None else None)
         self.extra_attn = (MemoryCrossAttention(self.embed_dims, self.embed_dims,
                                                 memory_num_heads) if extra_self_attn else None)
-        self._memory: Optional[Tuple[Tensor, Optional[Tensor]]] = None
-
-    def set_memory(self, memory: Optional[Tuple[Tensor, Optional[Tensor]]]) -> None:
-        self._memory = memory
 
     def forward(self, query: Tensor, key: Tensor = None, value: Tensor = None,
                 query_pos: Tensor = None, key_pos: Tensor = None, self_attn_mask: Tensor = None,
                 cross_attn_mask: Tensor = None, key_padding_mask: Tensor = None,
-                **kwargs) -> Tensor:
+                memory: Optional[Tuple[Tensor, Optional[Tensor]]] = None, **kwargs) -> Tensor:
         query = self.cross_attn(query=query, key=key, value=value, query_pos=query_pos,
                                 key_pos=key_pos, attn_mask=cross_attn_mask,
                                 key_padding_mask=key_padding_mask, **kwargs)
         query = self.norms[0](query)
-        if self.memory_attn is not None and self._memory is not None:
-            values, padding = self._memory
+        if self.memory_attn is not None and memory is not None:
+            values, padding = memory
             query = self.memory_attn(query, values, padding)
         if self.extra_attn is not None:
             query = self.extra_attn(query, query)
