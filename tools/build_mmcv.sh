@@ -98,7 +98,24 @@ EOF
 export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 if [[ -n $CUDA_ARCH ]]; then
   export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=$CUDA_ARCH
-  echo "build_mmcv: CUDA ops for sm_${CUDA_ARCH/./} ($CXX_STD, $MAX_JOBS jobs)"
+  if [[ -z ${CUDA_HOME:-} ]]; then
+    # nvcc on the PATH may be a wrapper script; the toolkit root is the one with the headers
+    for candidate in /usr/local/cuda "$(dirname "$(dirname "$(command -v nvcc)")")"; do
+      if [[ -f $candidate/include/cuda_runtime.h && -x $candidate/bin/nvcc ]]; then
+        export CUDA_HOME=$candidate
+        break
+      fi
+    done
+  fi
+  [[ -n ${CUDA_HOME:-} ]] || { echo "build_mmcv: no CUDA toolkit found; set CUDA_HOME" >&2; exit 1; }
+  # torch's headers include the CUDA libraries' headers (cusparse.h, cublas_v2.h, ...), which a
+  # minimal toolkit lacks and torch's own nvidia-* wheels carry
+  NV_INCLUDES=$("$PY" -c "
+import glob, os.path as osp, sysconfig
+roots = {sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']}
+print(':'.join(sorted({p for r in roots for p in glob.glob(osp.join(r, 'nvidia', '*', 'include'))})))")
+  export CPATH=$NV_INCLUDES${CPATH:+:$CPATH}
+  echo "build_mmcv: CUDA ops for sm_${CUDA_ARCH/./} ($CXX_STD, $MAX_JOBS jobs, CUDA_HOME=$CUDA_HOME)"
 else
   export FORCE_CUDA=0
   # an nvcc without a GPU must not switch mmcv to a CUDA build
@@ -106,6 +123,12 @@ else
   echo "build_mmcv: CPU ops ($CXX_STD, $MAX_JOBS jobs)"
 fi
 "${PIP[@]}" wheel --no-build-isolation --no-deps --no-cache-dir "$SRC" -w "$WORK/wheel"
+# python's own CFLAGS compile the ops with -g: without the debug sections the sm_90 wheel is
+# 6 MB instead of 38 MB (what decides whether the GPU machine's wheel set fits in a call)
+"$PY" -m wheel unpack "$WORK"/wheel/mmcv-*.whl -d "$WORK/unpacked" >/dev/null
+find "$WORK/unpacked" -name '*.so' -exec strip --strip-debug {} +
+rm "$WORK"/wheel/mmcv-*.whl
+"$PY" -m wheel pack "$WORK"/unpacked/mmcv-* -d "$WORK/wheel" >/dev/null
 
 mkdir -p "$(dirname "$OUT")"
 if [[ -e $OUT ]] && find "$OUT" -mindepth 1 ! -name 'mmcv-*.whl' | grep -q .; then

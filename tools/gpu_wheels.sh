@@ -48,8 +48,7 @@ if ls "$MMCV_DIR"/mmcv-*.whl >/dev/null 2>&1; then
   echo "    using cached wheel in $MMCV_DIR"
 else
   start=$SECONDS
-  CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")} \
-    bash "$ROOT/tools/build_mmcv.sh" --python "$PY" --out "$MMCV_DIR" --cuda-arch "$CUDA_ARCH"
+  bash "$ROOT/tools/build_mmcv.sh" --python "$PY" --out "$MMCV_DIR" --cuda-arch "$CUDA_ARCH"
   echo "    built in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 fi
 

@@ -18,7 +18,7 @@ import numpy as np
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from ..engine.hooks.memory_hook import check_checkpoint_memory
+from ..memory.checkpoint_meta import check_checkpoint_memory
 from ..memory.external_memory import build_external_memory
 
 _ANNOTATION_LOADERS = ('LoadAnnotations', 'LoadPanopticAnnotations', 'LoadSemSegAnnotations')

@@ -21,7 +21,7 @@ from mmengine.config import Config
 
 from mmdet.registry import HOOKS
 
-from mmmaps.engine.hooks.memory_hook import check_checkpoint_memory
+from mmmaps.memory.checkpoint_meta import check_checkpoint_memory
 from mmmaps.memory import MemoryBank, MemoryBankError, MemoryRoot, build_external_memory
 from mmmaps.memory import builder as builder_module
 from mmmaps.memory.builder import MemoryAppender, MemoryBuildError, plan_differences
