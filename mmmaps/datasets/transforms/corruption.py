@@ -45,7 +45,8 @@ def _require_imagecorruptions() -> None:
 #  * impulse_noise calls skimage.util.random_noise, which since 0.19 draws from its own
 #    fresh numpy Generator instead of numpy's global RNG, so seeding np.random does not
 #    make it reproducible.
-# Both are repaired only while ImageCorruption runs (patched and restored around the call):
+#  * fog's plasma_fractal allocates with np.float_, which numpy 2 removed (AttributeError).
+# They are repaired only while ImageCorruption runs (patched and restored around the call):
 # the corruption functions and their constants stay those of imagecorruptions.
 
 def _accepts(func, name: str) -> bool:
@@ -72,6 +73,14 @@ def _make_random_noise_shim(random_noise, rng_kw: str):
     return random_noise_from_global_rng
 
 
+class _NumpyWithFloat_:
+    """numpy as imagecorruptions' module sees it, plus numpy 1's ``float_`` (= float64)."""
+    float_ = np.float64
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
 @contextlib.contextmanager
 def _imagecorruptions_compat() -> Iterator[None]:
     import skimage.util
@@ -86,6 +95,8 @@ def _imagecorruptions_compat() -> Iterator[None]:
             patches.append((skimage.util, 'random_noise',
                             _make_random_noise_shim(random_noise, rng_kw)))
             break
+    if not hasattr(np, 'float_') and getattr(_ic_corruptions, 'np', None) is np:
+        patches.append((_ic_corruptions, 'np', _NumpyWithFloat_()))
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     try:
         for obj, name, value in patches:
