@@ -58,15 +58,20 @@ def load_config_with_root(path, root, options=None):
     return cfg
 
 
-@pytest.fixture(scope='session')
-def synthetic_memory(synthetic_root, tmp_path_factory):
-    """The tiny memory (ViT-S/16 random init) of the session's synthetic train split."""
+def build_tiny_memory(root: str, out: str) -> str:
+    """The tiny memory (ViT-S/16 random init) of the synthetic train split under ``root``."""
     from mmmaps.memory.builder import MemoryBuilder
-    out = str(tmp_path_factory.mktemp('memory') / 'synthetic_train')
-    cfg = load_config_with_root(MEMORY_CFG, synthetic_root, {'memory.build.chunk_size': 3,
-                                                             'memory.build.num_workers': 0})
+    cfg = load_config_with_root(MEMORY_CFG, root, {'memory.build.chunk_size': 3,
+                                                   'memory.build.num_workers': 0})
     builder = MemoryBuilder(cfg, out=out, device='cpu')
     builder.prepare(resume=False, force=False)
     builder.encode_chunks(progress=False)
     builder.merge()
     return out
+
+
+@pytest.fixture(scope='session')
+def synthetic_memory(synthetic_root, tmp_path_factory):
+    """The tiny memory of the session's synthetic train split."""
+    return build_tiny_memory(synthetic_root, str(tmp_path_factory.mktemp('memory') /
+                                                 'synthetic_train'))

@@ -19,19 +19,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .storage import write_json
+from .storage import sha256_file, write_json
 
-_CHUNK = 1 << 22
 CACHE_FORMAT = 'mmmaps-image-identities-v1'
 
 
-def image_sha256(path: str) -> str:
-    """Hex sha256 of an image file's bytes (the image's content identity)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(_CHUNK), b''):
-            digest.update(block)
-    return digest.hexdigest()
+# the identity is the sha256 of the file's bytes, read in chunks
+image_sha256 = sha256_file
 
 
 def identities_digest(identities: Sequence[str]) -> str:

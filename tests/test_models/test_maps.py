@@ -27,7 +27,7 @@ from mmmaps.models import MemoryCrossAttention
 from mmmaps.models.dense_heads import MemoryInputs
 from mmmaps.utils.checkpoint_loading import safe_torch_load
 
-from ..conftest import MEMORY_CFG, REPO_ROOT, TINY_M2F, load_config_with_root
+from ..conftest import REPO_ROOT, TINY_M2F, build_tiny_memory, load_config_with_root
 
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
 
@@ -492,18 +492,6 @@ def renumber_train_split(root, new_ids):
             json.dump(data, f)
 
 
-def build_memory(root, out):
-    """The memory of a synthetic dataset's train split (as conftest's synthetic_memory)."""
-    from mmmaps.memory.builder import MemoryBuilder
-    cfg = load_config_with_root(MEMORY_CFG, root, {'memory.build.chunk_size': 3,
-                                                   'memory.build.num_workers': 0})
-    builder = MemoryBuilder(cfg, out=out, device='cpu')
-    builder.prepare(resume=False, force=False)
-    builder.encode_chunks(progress=False)
-    builder.merge()
-    return out
-
-
 def test_coco_id_memory_serves_no_foreign_key_to_a_1_to_n_dataset(tmp_path):
     """A memory of COCO-style ids and a training set numbered 1..N: the ids (and file names)
     collide, the pictures differ. No key may come from the memory's cache and nothing may be
@@ -515,7 +503,7 @@ def test_coco_id_memory_serves_no_foreign_key_to_a_1_to_n_dataset(tmp_path):
     generate_synthetic_panoptic(root_b, num_train=4, num_val=1, seed=12, size=(64, 64),
                                 progress=False)
     renumber_train_split(root_a, COCO_LIKE_IDS)
-    memory_a = build_memory(root_a, str(tmp_path / 'memory_a'))
+    memory_a = build_tiny_memory(root_a, str(tmp_path / 'memory_a'))
     bank = bank_files(memory_a)
     assert sorted(bank['image_ids'].tolist()) == sorted(COCO_LIKE_IDS)
     assert sorted(bank['cache_ids'].tolist()) == sorted(COCO_LIKE_IDS)
