@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# README command 1: set up, generate the synthetic dataset, build its MAPS memory banks,
-# train the tiny Mask2Former baseline, tiny MAPS and tiny Panoptic SegFormer on CPU (same
-# iterations and seed), test them next to their untrained initialisations, print PQ/AP/mIoU
-# side by side, write PNGs.
+# README command 1: set up, generate the synthetic dataset, pretrain the stand-in for CLIP
+# (self-supervised, on unlabelled generated images; cached), build the MAPS memory banks with
+# it, train the tiny Mask2Former baseline, tiny MAPS and tiny Panoptic SegFormer on CPU (same
+# iterations and seed), test them next to their untrained initialisations and MAPS with its
+# memory switched off, print PQ/AP/mIoU side by side, write PNGs.
 #
 #   bash tools/main_job.sh            (MAX_ITERS=1200 WORK_DIR=work_dirs/main_job by default)
 set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 BASELINE=${BASELINE:-configs/mask2former/mask2former_r18_synthetic-panoptic.py}
-MAPS=${MAPS:-configs/maps/maps_r18_synthetic-panoptic.py}
+MAPS=${MAPS:-configs/maps/maps_r18_synthetic-panoptic_standin-clip.py}
 PSF=${PSF:-configs/panoptic_segformer/panoptic-segformer_r18_synthetic.py}
 WORK_DIR=${WORK_DIR:-work_dirs/main_job}
 MAX_ITERS=${MAX_ITERS:-1200}
@@ -23,7 +24,11 @@ echo "==> synthetic dataset"
 python tools/dataset_converters/make_synthetic_panoptic.py --out data/synthetic \
   --num-train 400 --num-val 100 --seed 0 --size 128 128
 
-echo "==> MAPS memory of the train split (scene + object banks, query cache; CLIP ViT-S/16)"
+echo "==> stand-in for CLIP: open_clip ViT pretrained self-supervised on 4000 unlabelled generated"
+echo "    images (tools/pretrain_encoder.py; about 9 min on 2 cores the first time, then cached)"
+python tools/pretrain_encoder.py
+
+echo "==> MAPS memory of the train split (scene + object banks, query cache; stand-in encoder)"
 python tools/build_memory.py "$MAPS"
 echo "==> audit: no training image may retrieve itself (exit 1 on a leak)"
 python tools/analysis/audit_memory.py "$MAPS"
@@ -48,6 +53,11 @@ for name in baseline maps psf; do
     --work-dir "$WORK_DIR/$name/test" --show-dir vis \
     --panoptic-out "$WORK_DIR/$name/test/predictions/results"
 done
+echo "==> test maps with both memories switched off in the forward pass (Table 7 style)"
+python tools/test.py "$MAPS" "$(cat "$WORK_DIR/maps/train/last_checkpoint")" \
+  --work-dir "$WORK_DIR/maps/test_memory_off" \
+  --cfg-options model.panoptic_head.use_scene_memory=False \
+  model.panoptic_head.use_object_memory=False
 
 for name in maps psf; do
   show_dir=$(ls -d "$WORK_DIR"/$name/test/*/vis | tail -n 1)
@@ -62,6 +72,7 @@ python tools/analysis/compare_metrics.py \
   "untrained M2F=$WORK_DIR/untrained/metrics.json" \
   "Mask2Former=$WORK_DIR/baseline/test/metrics.json" \
   "MAPS=$WORK_DIR/maps/test/metrics.json" \
+  "MAPS memory off=$WORK_DIR/maps/test_memory_off/metrics.json" \
   "untrained PSF=$WORK_DIR/untrained_psf/metrics.json" \
   "Panoptic SegFormer=$WORK_DIR/psf/test/metrics.json"
 echo "overlays (left: ground truth, right: prediction): $WORK_DIR/panoptic_overlay_maps.png (MAPS)," \

@@ -28,6 +28,7 @@ def test_main_job_learns(tmp_path):
     for png in ('panoptic_overlay.png', 'panoptic_overlay_psf.png'):
         assert osp.getsize(osp.join(work, png)) > 10_000
     assert 'MAPS' in proc.stdout and 'Mask2Former' in proc.stdout
-    assert 'Panoptic SegFormer' in proc.stdout
-    with open(osp.join(REPO_ROOT, 'work_dirs', 'memory', 'synthetic_train', 'manifest.json')) as f:
+    assert 'Panoptic SegFormer' in proc.stdout and 'MAPS memory off' in proc.stdout
+    memory = osp.join(REPO_ROOT, 'work_dirs', 'memory', 'synthetic_train_standin-clip')
+    with open(osp.join(memory, 'manifest.json')) as f:
         assert json.load(f)['source']['num_images'] == 400

@@ -19,8 +19,8 @@ from torch import nn
 __all__ = [
     'CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_WEIGHTS_HINT',
     'DINO_WEIGHTS_HINT', 'resolve_checkpoint', 'file_sha256', 'weights_fingerprint',
-    'seeded_init', 'default_quick_gelu', 'load_clip_visual', 'load_timm_vit',
-    'clear_tower_cache'
+    'seeded_init', 'default_quick_gelu', 'load_clip_visual', 'register_open_clip_configs',
+    'load_timm_vit', 'clear_tower_cache'
 ]
 
 # RGB, on the 0-255 pixel scale
@@ -137,17 +137,30 @@ def default_quick_gelu(arch: str) -> bool:
     return bool(open_clip.get_pretrained_cfg(arch, 'openai').get('quick_gelu', False))
 
 
+MODEL_CONFIG_DIR = os.path.join(os.path.dirname(__file__), 'model_configs')
+
+
+def register_open_clip_configs() -> None:
+    """Make mmmaps' own open_clip architectures (``model_configs/*.json``, names starting
+    with ``mmmaps-``) known to ``open_clip.create_model``. Idempotent."""
+    import open_clip
+    if 'mmmaps-ViT-Ti-16-112' not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
 def load_clip_visual(arch: str, checkpoint: Optional[str], seed: int,
                      quick_gelu: bool) -> nn.Module:
     """Frozen, shared ``open_clip`` visual tower (the text tower is dropped).
 
     Args:
-        arch: open_clip model name, e.g. ``'ViT-B-16'``.
+        arch: open_clip model name, e.g. ``'ViT-B-16'``, or one of mmmaps' own
+            (``mmmaps-ViT-Ti-16-112``: the CPU stand-in of ``tools/pretrain_encoder.py``).
         checkpoint: absolute path of an open_clip checkpoint, or None for random init.
         seed: seed of the random init (irrelevant when a checkpoint is loaded).
         quick_gelu: build the MLPs with QuickGELU.
     """
     import open_clip
+    register_open_clip_configs()
 
     def build():
         with seeded_init(seed):

@@ -1,0 +1,220 @@
+"""Pretrain the CPU stand-in for CLIP: an open_clip ViT trained self-supervised (SimCLR) on a
+pool of unlabelled images, saved as an open_clip checkpoint that the memory encoders load
+through ``pretrained=PATH`` exactly like real CLIP weights.
+
+    python tools/pretrain_encoder.py                       # defaults below, cached
+    python tools/pretrain_encoder.py --pool DIR --out FILE --steps 300 --seed 0
+
+By default the pool is ``data/synthetic_pool/train``: 4000 images of the bundled generator
+drawn with seed 1, disjoint from the labelled dataset (seed 0) and 10x its 400 training
+images; it is generated when missing. Only the image files are read, never annotations.
+
+Writes ``OUT`` (the full open_clip state dict: the trained visual tower and the untrained,
+seeded text tower) and ``OUT.json`` (parameters, pool digest, loss curve, wall time and,
+when ``--eval-ann`` exists, scene-retrieval quality next to random initialisations). Both are
+written under temporary names and renamed. A checkpoint whose parameters and pool match is
+reused unless ``--force``.
+"""
+import argparse
+import hashlib
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+DEFAULT_POOL = 'data/synthetic_pool'
+DEFAULT_POOL_SIZE = 4000
+DEFAULT_POOL_SEED = 1
+DEFAULT_OUT = 'work_dirs/encoders/standin-clip_vit-ti16-112_synthetic-pool.pt'
+DEFAULT_ARCH = 'mmmaps-ViT-Ti-16-112'
+REFERENCE_ARCH = 'ViT-S-16'  # the random-init tower of the earlier tiny memory
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--pool', default=None,
+                        help='folder of unlabelled images (default: the generated '
+                        f'{DEFAULT_POOL}/train, created when missing)')
+    parser.add_argument('--pool-size', type=int, default=DEFAULT_POOL_SIZE,
+                        help='images of the generated default pool')
+    parser.add_argument('--out', default=DEFAULT_OUT, help='checkpoint file to write')
+    parser.add_argument('--arch', default=DEFAULT_ARCH, help='open_clip architecture')
+    parser.add_argument('--steps', type=int, default=150)
+    parser.add_argument('--batch-size', type=int, default=128, help='images per step')
+    parser.add_argument('--lr', type=float, default=1e-3)
+    parser.add_argument('--temperature', type=float, default=0.5)
+    parser.add_argument('--min-crop-scale', type=float, default=0.5,
+                        help='smallest area fraction of a random crop')
+    parser.add_argument('--tint', type=float, default=25.0,
+                        help='per-channel colour offset range of the views (0-255 scale)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--load-size', type=int, default=128,
+                        help='pool images are resized/cropped to this square on loading')
+    parser.add_argument('--eval-ann', default='data/synthetic/annotations/panoptic_train.json',
+                        help='COCO panoptic JSON whose images carry a `scene` field: scene-'
+                        'retrieval quality is measured on them (skipped if missing)')
+    parser.add_argument('--eval-images', default=None,
+                        help='image folder of --eval-ann (default: data/synthetic/<split>)')
+    parser.add_argument('--no-reference', action='store_true',
+                        help=f'do not measure the random-init {REFERENCE_ARCH} reference')
+    parser.add_argument('--force', action='store_true', help='retrain even if cached')
+    return parser.parse_args(argv)
+
+
+def pool_digest(files):
+    """sha256 over the pool's file names and contents (the pool's identity)."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(osp.basename(path).encode() + b'\0')
+        with open(path, 'rb') as f:
+            digest.update(hashlib.sha256(f.read()).digest())
+    return digest.hexdigest()
+
+
+def ensure_default_pool(size):
+    from mmmaps.datasets.synthetic_panoptic import generate_synthetic_panoptic
+    meta = generate_synthetic_panoptic(DEFAULT_POOL, num_train=size, num_val=1,
+                                       seed=DEFAULT_POOL_SEED, progress=True)
+    print(f'pool: {DEFAULT_POOL}/train ({size} generated images, seed {DEFAULT_POOL_SEED}, '
+          f'{"reused" if meta["reused"] else "generated"})')
+    return osp.join(DEFAULT_POOL, 'train')
+
+
+def load_scene_labels(ann_file, image_dir):
+    with open(ann_file) as f:
+        images = json.load(f)['images']
+    missing = [im.get('file_name') for im in images if 'scene' not in im]
+    if missing:
+        raise KeyError(f'{ann_file}: images without a `scene` field (e.g. {missing[0]}); '
+                       'scene-retrieval quality needs the scene type of every image')
+    return [osp.join(image_dir, im['file_name']) for im in images], [im['scene'] for im in images]
+
+
+def encode_keys(encoder_cfg, files):
+    import torch
+    from mmmaps.memory.encoders import build_memory_encoder
+    from mmmaps.memory.encoders.self_supervised import load_image_pool
+    encoder = build_memory_encoder(encoder_cfg)
+    images = load_image_pool(files, 128).float()
+    with torch.no_grad():
+        return torch.cat([encoder(list(images[i:i + 64])) for i in range(0, len(images), 64)])
+
+
+def measure_quality(args, out):
+    from mmmaps.memory.encoders.self_supervised import scene_retrieval_quality
+    image_dir = args.eval_images or osp.join(
+        osp.dirname(osp.dirname(args.eval_ann)),
+        osp.splitext(osp.basename(args.eval_ann))[0].replace('panoptic_', ''))
+    files, labels = load_scene_labels(args.eval_ann, image_dir)
+    rows = {
+        'stand-in (pretrained)': dict(type='CLIPCLSEncoder', arch=args.arch, pretrained=out,
+                                      image_size=_image_size(args.arch)),
+        'same arch, random init': dict(type='CLIPCLSEncoder', arch=args.arch, pretrained=None,
+                                       seed=args.seed, image_size=_image_size(args.arch)),
+    }
+    if not args.no_reference:
+        rows[f'{REFERENCE_ARCH}, random init'] = dict(type='CLIPCLSEncoder',
+                                                      arch=REFERENCE_ARCH, seed=0)
+    quality = {}
+    for name, cfg in rows.items():
+        quality[name] = scene_retrieval_quality(encode_keys(cfg, files), labels, k=5)
+    return dict(eval_ann=args.eval_ann, rows=quality)
+
+
+def _image_size(arch):
+    from mmmaps.memory.encoders.self_supervised import build_open_clip_model
+    size = build_open_clip_model(arch, 0).visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def print_quality(quality):
+    print(f'\nScene retrieval on {quality["eval_ann"]} (each image queries the others):')
+    header = f'{"encoder":28s} {"P@5":>6s} {"chance":>7s} {"mAP":>6s} {"top-1 cos":>9s} ' \
+             f'{"5th cos":>8s} {"random":>7s} {"spread":>7s}'
+    print(header)
+    for name, q in quality['rows'].items():
+        print(f'{name:28s} {q["precision_at_k"]:6.3f} {q["chance"]:7.3f} '
+              f'{q["mean_average_precision"]:6.3f} '
+              f'{q["top1_similarity"]:9.4f} {q["kth_similarity"]:8.4f} '
+              f'{q["random_pair_similarity"]:7.4f} {q["spread"]:7.4f}')
+
+
+def atomic_write(path, write):
+    directory = osp.dirname(osp.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_state_dict(state_dict, path):
+    """torch.save through a buffer: the zip archive is then always named 'archive' rather
+    than after the (temporary) file, so equal weights give byte-identical files."""
+    import io
+    import torch
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    with open(path, 'wb') as f:
+        f.write(buffer.getvalue())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from mmmaps.memory.encoders.self_supervised import (build_open_clip_model, list_images,
+                                                        load_image_pool, pretrain_clip_visual)
+
+    pool_dir = args.pool or ensure_default_pool(args.pool_size)
+    files = list_images(pool_dir)
+    params = dict(arch=args.arch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                  temperature=args.temperature, min_crop_scale=args.min_crop_scale,
+                  tint=args.tint, seed=args.seed, load_size=args.load_size,
+                  pool_digest=pool_digest(files), pool_images=len(files),
+                  objective='SimCLR NT-Xent, 2 views/image')
+    meta_file = args.out + '.json'
+    if not args.force and osp.isfile(args.out) and osp.isfile(meta_file):
+        with open(meta_file) as f:
+            meta = json.load(f)
+        if meta.get('params') == params:
+            print(f'stand-in encoder up to date: {args.out} (pretrained in '
+                  f'{meta["train_seconds"]:.0f} s; --force to retrain)')
+            if 'quality' in meta:
+                print_quality(meta['quality'])
+            return 0
+    print(f'pretraining {args.arch} on {len(files)} unlabelled images of {pool_dir} '
+          f'({args.steps} steps x {args.batch_size} images, 2 views each, '
+          f'{torch.get_num_threads()} threads)')
+    pool = load_image_pool(files, args.load_size)
+    model = build_open_clip_model(args.arch, args.seed)
+    start = time.time()
+    losses = pretrain_clip_visual(model, pool, args.steps, args.batch_size, args.seed,
+                                  lr=args.lr, temperature=args.temperature,
+                                  crop_scale=(args.min_crop_scale, 1.0), tint=args.tint)
+    seconds = time.time() - start
+    atomic_write(args.out, lambda tmp: save_state_dict(model.state_dict(), tmp))
+    meta = dict(params=params, pool=osp.abspath(pool_dir), train_seconds=seconds,
+                threads=torch.get_num_threads(), loss_first=losses[0], loss_last=losses[-1],
+                losses_every_10=losses[::10])
+    print(f'pretrained in {seconds:.0f} s: loss {losses[0]:.3f} -> {losses[-1]:.3f}; '
+          f'wrote {args.out}')
+    if args.eval_ann and osp.isfile(args.eval_ann):
+        meta['quality'] = measure_quality(args, args.out)
+        print_quality(meta['quality'])
+    atomic_write(meta_file, lambda tmp: open(tmp, 'w').write(json.dumps(meta, indent=2)))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
