@@ -25,7 +25,7 @@ python tools/dataset_converters/make_synthetic_panoptic.py --out data/synthetic 
   --num-train 400 --num-val 100 --seed 0 --size 128 128
 
 echo "==> stand-in for CLIP: open_clip ViT pretrained self-supervised on 4000 unlabelled generated"
-echo "    images (tools/pretrain_encoder.py; about 9 min on 2 cores the first time, then cached)"
+echo "    images (tools/pretrain_encoder.py; about 7 min on 2 cores the first time, then cached)"
 python tools/pretrain_encoder.py
 
 echo "==> MAPS memory of the train split (scene + object banks, query cache; stand-in encoder)"

@@ -2,7 +2,7 @@
 # benchmarks/maps_low_label.py): exactly ./maps_r18_synthetic-panoptic.py, with the random-init
 # ViT-S/16 of its memory replaced by mmmaps-ViT-Ti-16-112 (open_clip ViT, width 192, 6 layers,
 # 16-px patches at 112 px, 192-d embeddings) pretrained self-supervised on 4000 unlabelled
-# generated images by tools/pretrain_encoder.py (SimCLR, ~9 min on 2 cores, cached):
+# generated images by tools/pretrain_encoder.py (SimCLR, ~7 min on 2 cores, cached):
 #   python tools/pretrain_encoder.py
 #   python tools/build_memory.py configs/maps/maps_r18_synthetic-panoptic_standin-clip.py
 #   python tools/train.py configs/maps/maps_r18_synthetic-panoptic_standin-clip.py
