@@ -21,7 +21,6 @@ import json
 import os
 import os.path as osp
 import sys
-import tempfile
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -145,29 +144,16 @@ def print_quality(quality):
               f'{q["random_pair_similarity"]:7.4f} {q["spread"]:7.4f}')
 
 
-def atomic_write(path, write):
-    directory = osp.dirname(osp.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_state_dict(state_dict, path):
-    """torch.save through a buffer: the zip archive is then always named 'archive' rather
-    than after the (temporary) file, so equal weights give byte-identical files."""
+    """torch.save through a buffer (the zip archive is then always named 'archive', not after
+    a temporary file: equal weights give byte-identical files), written atomically."""
     import io
     import torch
+    from mmmaps.memory.storage import write_bytes
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
-    with open(path, 'wb') as f:
-        f.write(buffer.getvalue())
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    write_bytes(path, buffer.getvalue())
 
 
 def main(argv=None):
@@ -175,6 +161,7 @@ def main(argv=None):
     import torch
     from mmmaps.memory.encoders.self_supervised import (build_open_clip_model, list_images,
                                                         load_image_pool, pretrain_clip_visual)
+    from mmmaps.memory.storage import write_json
 
     pool_dir = args.pool or ensure_default_pool(args.pool_size)
     files = list_images(pool_dir)
@@ -203,7 +190,7 @@ def main(argv=None):
                                   lr=args.lr, temperature=args.temperature,
                                   crop_scale=(args.min_crop_scale, 1.0), tint=args.tint)
     seconds = time.time() - start
-    atomic_write(args.out, lambda tmp: save_state_dict(model.state_dict(), tmp))
+    save_state_dict(model.state_dict(), args.out)
     meta = dict(params=params, pool=osp.abspath(pool_dir), train_seconds=seconds,
                 threads=torch.get_num_threads(), loss_first=losses[0], loss_last=losses[-1],
                 losses_every_10=losses[::10])
@@ -212,7 +199,7 @@ def main(argv=None):
     if args.eval_ann and osp.isfile(args.eval_ann):
         meta['quality'] = measure_quality(args, args.out)
         print_quality(meta['quality'])
-    atomic_write(meta_file, lambda tmp: open(tmp, 'w').write(json.dumps(meta, indent=2)))
+    write_json(meta_file, meta)
     return 0
 
 

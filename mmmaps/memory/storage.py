@@ -71,6 +71,12 @@ def write_json(path: str, obj: dict) -> None:
         json.dump(obj, f, indent=1)
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Write bytes through a temporary file in the same folder, then rename."""
+    with _atomic_file(path, binary=True) as f:
+        f.write(data)
+
+
 def save_npy(path: str, array: np.ndarray) -> None:
     """``np.save`` through a temporary file, then rename (never pickles)."""
     with _atomic_file(path, binary=True) as f:
