@@ -45,7 +45,9 @@ def parse_args(argv=None):
     parser.add_argument('--iters', type=int, default=500, help='iterations (batch 4)')
     parser.add_argument('--jobs', type=int, default=2, help='trainings run at once')
     parser.add_argument('--work-dir', default='work_dirs/maps_low_label')
-    parser.add_argument('--data-root', default='data/synthetic')
+    parser.add_argument('--data-root', default='data/synthetic',
+                        help='the labelled synthetic dataset (generated when missing; the '
+                        'configs read it through MMMAPS_SYNTHETIC_ROOT)')
     parser.add_argument('--maps-config', default=MAPS)
     parser.add_argument('--baseline-config', default=BASELINE)
     parser.add_argument('--publish', action='store_true',
@@ -104,7 +106,10 @@ def train_and_test(args, name, config, subset_ann, memory_root, seed, num):
     # a finished run with the same command is reused (a rerun after an interruption)
     stamp_file, stamp = osp.join(work, 'run.json'), dict(
         config=config, options=schedule(args.iters) + data_opts)
-    done = osp.isfile(stamp_file) and json.load(open(stamp_file)).get('stamp') == stamp
+    done = False
+    if osp.isfile(stamp_file):
+        with open(stamp_file) as f:
+            done = json.load(f).get('stamp') == stamp
     start = time.time()
     if not done:
         run([sys.executable, 'tools/train.py', config, '--work-dir', osp.join(work, 'train'),
@@ -166,6 +171,8 @@ def format_markdown(agg, args, seconds):
 
 def main(argv=None):
     args = parse_args(argv)
+    if osp.abspath(args.data_root) != osp.join(ROOT, 'data', 'synthetic'):
+        os.environ['MMMAPS_SYNTHETIC_ROOT'] = osp.join(osp.abspath(args.data_root), '')
     start = time.time()
     py = sys.executable
     print('==> labelled data and the stand-in encoder (cached)', flush=True)
