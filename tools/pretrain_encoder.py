@@ -96,16 +96,22 @@ def load_scene_labels(ann_file, image_dir):
 
 
 def encode_keys(encoder_cfg, files):
+    """Keys of the image files as the memory builder computes them: each image at its own
+    size, the encoder's preprocessing."""
+    import mmcv
     import torch
     from mmmaps.memory.encoders import build_memory_encoder
-    from mmmaps.memory.encoders.self_supervised import load_image_pool
     encoder = build_memory_encoder(encoder_cfg)
-    images = load_image_pool(files, 128).float()
+    keys = []
     with torch.no_grad():
-        return torch.cat([encoder(list(images[i:i + 64])) for i in range(0, len(images), 64)])
+        for start in range(0, len(files), 64):
+            images = [torch.from_numpy(mmcv.imread(path, channel_order='rgb')).permute(2, 0, 1)
+                      .float() for path in files[start:start + 64]]
+            keys.append(encoder(images))
+    return torch.cat(keys)
 
 
-def measure_quality(args, out):
+def measure_quality(args, out, image_size):
     from mmmaps.memory.encoders.self_supervised import scene_retrieval_quality
     image_dir = args.eval_images or osp.join(
         osp.dirname(osp.dirname(args.eval_ann)),
@@ -113,9 +119,9 @@ def measure_quality(args, out):
     files, labels = load_scene_labels(args.eval_ann, image_dir)
     rows = {
         'stand-in (pretrained)': dict(type='CLIPCLSEncoder', arch=args.arch, pretrained=out,
-                                      image_size=_image_size(args.arch)),
+                                      image_size=image_size),
         'same arch, random init': dict(type='CLIPCLSEncoder', arch=args.arch, pretrained=None,
-                                       seed=args.seed, image_size=_image_size(args.arch)),
+                                       seed=args.seed, image_size=image_size),
     }
     if not args.no_reference:
         rows[f'{REFERENCE_ARCH}, random init'] = dict(type='CLIPCLSEncoder',
@@ -124,12 +130,6 @@ def measure_quality(args, out):
     for name, cfg in rows.items():
         quality[name] = scene_retrieval_quality(encode_keys(cfg, files), labels, k=5)
     return dict(eval_ann=args.eval_ann, rows=quality)
-
-
-def _image_size(arch):
-    from mmmaps.memory.encoders.self_supervised import build_open_clip_model
-    size = build_open_clip_model(arch, 0).visual.image_size
-    return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
 def print_quality(quality):
@@ -160,7 +160,8 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
     from mmmaps.memory.encoders.self_supervised import (build_open_clip_model, list_images,
-                                                        load_image_pool, pretrain_clip_visual)
+                                                        load_image_pool, pretrain_clip_visual,
+                                                        tower_image_size)
     from mmmaps.memory.storage import write_json
 
     pool_dir = args.pool or ensure_default_pool(args.pool_size)
@@ -197,7 +198,7 @@ def main(argv=None):
     print(f'pretrained in {seconds:.0f} s: loss {losses[0]:.3f} -> {losses[-1]:.3f}; '
           f'wrote {args.out}')
     if args.eval_ann and osp.isfile(args.eval_ann):
-        meta['quality'] = measure_quality(args, args.out)
+        meta['quality'] = measure_quality(args, args.out, tower_image_size(model.visual))
         print_quality(meta['quality'])
     write_json(meta_file, meta)
     return 0

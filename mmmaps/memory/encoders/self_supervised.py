@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .weights import CLIP_MEAN, CLIP_STD, register_open_clip_configs, seeded_init
 
 __all__ = ['IMAGE_SUFFIXES', 'list_images', 'load_image_pool', 'random_views', 'nt_xent_loss',
-           'ProjectionHead', 'build_open_clip_model', 'pretrain_clip_visual',
+           'ProjectionHead', 'tower_image_size', 'build_open_clip_model', 'pretrain_clip_visual',
            'scene_retrieval_quality']
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -143,6 +143,12 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
+def tower_image_size(visual: nn.Module) -> int:
+    """Input side of an open_clip visual tower (square inputs)."""
+    size = visual.image_size
+    return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
+
+
 def build_open_clip_model(arch: str, seed: int) -> nn.Module:
     """The full open_clip model (both towers) of ``arch``, randomly initialised from ``seed``.
 
@@ -178,8 +184,7 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
         crop_scale, tint: view augmentation (:func:`random_views`).
     """
     visual = model.visual
-    image_size = visual.image_size
-    image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
+    image_size = tower_image_size(visual)
     if len(pool) < 2:
         raise ValueError(f'The image pool needs at least 2 images, got {len(pool)}')
     batch_size = min(batch_size, len(pool))
