@@ -42,7 +42,7 @@ def test_config_builds(path):
         assert tuple(meta['classes']) == tuple(meta['thing_classes']) + tuple(
             meta['stuff_classes']), 'things must come first'
     types = [e['type'] for e in cfg.test_evaluator]
-    assert types == ['CocoPanopticMetric', 'CocoMetric', 'PanopticSemSegMetric']
+    assert types == ['FastCocoPanopticMetric', 'CocoMetric', 'PanopticSemSegMetric']
 
 
 def class_split_head(model):

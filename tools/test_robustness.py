@@ -1,7 +1,8 @@
 """Robustness to common corruptions (Panoptic SegFormer section 4.4, Table 11).
 
     python tools/test_robustness.py CONFIG CHECKPOINT [--corruptions benchmark]
-        [--severities 1 2 3 4 5] [--seed 0] [--work-dir DIR] [--cfg-options ...]
+        [--severities 1 2 3 4 5] [--seed 0] [--subset N | --subset-ids FILE]
+        [--work-dir DIR] [--cfg-options ...]
 
 Evaluates the test set once clean, then once per corruption x severity with
 ``ImageCorruption`` (mmmaps/datasets/transforms/corruption.py, a deterministic
@@ -40,8 +41,20 @@ Corruption sets (``--corruptions``, several may be given; their union is run):
 * any single corruption name.
 
 The "mean" row averages the per-corruption means, so with the default settings it is
-the paper's "Mean" column (16 corruptions x 5 severities). The paper reports it on a
-2000-image subset of COCO val2017; restrict the test annotation file for the same.
+the paper's "Mean" column (16 corruptions x 5 severities).
+
+Subset (``--subset N`` or ``--subset-ids FILE``): the paper reports Table 11 on a
+2000-image subset of COCO val2017 whose image list was not released. ``--subset N``
+takes the N images with the smallest image ids of the test annotation file
+(``--subset 2000`` on val2017: its 2000 smallest ids, from 139 up), ``--subset-ids FILE``
+the image ids listed in FILE (integers separated by white space or commas; ``#``
+starts a comment; repeats count once). Every id must be in the test annotation file
+and N at most its number of images. The tool writes the test annotation file and the
+``ann_file`` of every test evaluator (CocoPanopticMetric reads all images of its
+``ann_file`` when ``outfile_prefix`` is set, CocoMetric always does), filtered to the
+subset, to ``WORK_DIR/subset/`` (atomically; nothing is written next to the data) and
+points the test dataset and those evaluators at them, so the images run and PQ, AP and
+mIoU are all over the subset. The ids go to ``robustness.json`` (``subset``).
 ``--severities 0`` is accepted for compatibility with mmdet's tool and ignored (the
 clean set is always evaluated once). Corruption is per image deterministic (seeded
 from ``--seed``, the corruption, the severity and the image's file name), so results
@@ -54,17 +67,20 @@ import json
 import logging
 import os
 import os.path as osp
+import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 from mmengine.dist import is_distributed, is_main_process
+from mmengine.fileio import get_local_path
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from terminaltables import AsciiTable
 
 from mmmaps.datasets.transforms import ImageCorruption, corruption_names
 from mmmaps.evaluation import panoptic_summary
+from mmmaps.memory.storage import write_json as write_json_atomic
 from mmmaps.utils.tool_utils import load_tool_config, parse_launch_args
 
 # PSF Table 11 (after Kamann & Rother 2020), in the table's column order.
@@ -135,10 +151,135 @@ def parse_args(argv=None):
                         help='severities 1..5 (default: all; 0 = clean, always run once)')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the corruption noise (per image, see ImageCorruption)')
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument('--subset', type=int, metavar='N',
+                        help='evaluate only the N test images with the smallest image ids '
+                        '(the paper: 2000 images of COCO val2017)')
+    subset.add_argument('--subset-ids', metavar='FILE',
+                        help='evaluate only the test images whose ids FILE lists (white space '
+                        'or comma separated, # comments)')
     parser.add_argument('--work-dir',
                         help='directory for robustness.json and one log sub-directory per '
                         'evaluation')
     return parse_launch_args(parser, argv)
+
+
+# ---------------------------------------------------------------- subset of the test set
+def read_subset_ids(path: str) -> List[int]:
+    """Image ids listed in a text file: integers separated by white space or commas,
+    ``#`` to the end of a line is a comment; repeats count once (first-seen order)."""
+    with open(path) as f:
+        text = re.sub(r'#[^\n]*', '', f.read())
+    ids = []
+    for token in re.split(r'[\s,]+', text):
+        if not token:
+            continue
+        try:
+            ids.append(int(token))
+        except ValueError:
+            raise ValueError(f'{path}: {token!r} is not an integer image id') from None
+    if not ids:
+        raise ValueError(f'{path} lists no image ids')
+    return list(OrderedDict.fromkeys(ids))
+
+
+def select_subset(available: Sequence[int], num: Optional[int] = None,
+                  ids: Optional[Sequence[int]] = None, source: str = 'the test set') -> List[int]:
+    """The ``num`` smallest of ``available`` image ids, or ``ids`` checked against them."""
+    if num is not None:
+        if num < 1:
+            raise ValueError(f'--subset must be at least 1, got {num}')
+        if num > len(available):
+            raise ValueError(f'--subset {num} exceeds the {len(available)} images of {source}')
+        return sorted(available)[:num]
+    present = set(available)
+    absent = [i for i in ids if i not in present]
+    if absent:
+        shown = ', '.join(map(str, absent[:10])) + (', ...' if len(absent) > 10 else '')
+        raise ValueError(f'{len(absent)} of the {len(ids)} subset image ids are not in '
+                         f'{source}: {shown}')
+    return list(ids)
+
+
+def _load_json(path: str, backend_args: Optional[dict]) -> dict:
+    with get_local_path(path, backend_args=backend_args) as local:
+        with open(local) as f:
+            return json.load(f)
+
+
+def _filter_coco(ann: dict, keep: set) -> dict:
+    """A COCO (instances or panoptic) annotation dict with only the images in ``keep``."""
+    out = {k: v for k, v in ann.items() if k not in ('images', 'annotations')}
+    out['images'] = [img for img in ann['images'] if img['id'] in keep]
+    out['annotations'] = [a for a in ann.get('annotations', []) if a['image_id'] in keep]
+    return out
+
+
+def _test_ann_file(cfg: Config) -> Tuple[dict, str]:
+    dataset = cfg.test_dataloader.get('dataset', {})
+    ann_file = dataset.get('ann_file') if isinstance(dataset, dict) else None
+    if not ann_file:
+        raise ValueError('--subset/--subset-ids need test_dataloader.dataset.ann_file (a '
+                         f'COCO-format file; dataset type {dataset.get("type")!r}; wrapped '
+                         'datasets are not supported)')
+    if dataset.get('indices') is not None:
+        raise ValueError('test_dataloader.dataset.indices is set; it would select images '
+                         'after the subset, and the evaluators would not follow it')
+    data_root = dataset.get('data_root')
+    if data_root and not osp.isabs(ann_file) and '://' not in ann_file:
+        ann_file = osp.join(data_root, ann_file)
+    return dataset, ann_file
+
+
+def _evaluators(cfg: Config) -> List[dict]:
+    evaluator = cfg.get('test_evaluator')
+    if isinstance(evaluator, dict) and 'metrics' in evaluator:  # an Evaluator config
+        evaluator = evaluator['metrics']
+    if isinstance(evaluator, dict):
+        evaluator = [evaluator]
+    return [e for e in evaluator or [] if isinstance(e, dict) and e.get('ann_file')]
+
+
+def restrict_to_subset(cfg: Config, num: Optional[int] = None,
+                       ids: Optional[Sequence[int]] = None) -> dict:
+    """Point ``cfg``'s test dataset and test evaluators at annotation files filtered to a
+    subset of the test images, written to ``WORK_DIR/subset/``; returns what was chosen.
+
+    Every rank writes the same files, each through its own temporary file and a rename.
+    """
+    dataset, ann_file = _test_ann_file(cfg)
+    ann = _load_json(ann_file, dataset.get('backend_args'))
+    chosen = select_subset([img['id'] for img in ann['images']], num, ids, ann_file)
+    keep = set(chosen)
+    out_dir = osp.join(osp.abspath(cfg.work_dir), 'subset')
+    os.makedirs(out_dir, exist_ok=True)
+    written: 'OrderedDict[str, str]' = OrderedDict()  # source -> filtered copy
+
+    def filtered(source: str, content: Optional[dict], backend_args) -> str:
+        key = source if '://' in source else osp.abspath(source)
+        if key in written:  # e.g. the dataset's and CocoPanopticMetric's file
+            return written[key]
+        if content is None:
+            content = _load_json(source, backend_args)
+            missing = keep - {img['id'] for img in content['images']}
+            if missing:
+                raise ValueError(f'{len(missing)} subset image ids are not in {source}: '
+                                 f'{sorted(missing)[:10]}')
+        name = osp.basename(source)
+        if name in map(osp.basename, written.values()):
+            name = f'{len(written)}_{name}'
+        written[key] = osp.join(out_dir, name)
+        write_json_atomic(written[key], _filter_coco(content, keep))
+        return written[key]
+
+    dataset['ann_file'] = filtered(ann_file, ann, None)
+    for evaluator in _evaluators(cfg):
+        evaluator['ann_file'] = filtered(evaluator['ann_file'], None,
+                                         evaluator.get('backend_args'))
+    return OrderedDict(
+        rule=f'{num} smallest image ids' if num is not None else 'listed image ids',
+        num_images=len(chosen), of=len(ann['images']), image_ids=chosen,
+        ann_files=OrderedDict(written))
 
 
 def _step_type(step) -> str:
@@ -301,6 +442,13 @@ def main(argv=None):
     for name in corruptions:  # validates names/severities against imagecorruptions
         for s in severities:
             ImageCorruption(name, s, args.seed)
+    subset = None
+    if args.subset is not None or args.subset_ids is not None:
+        ids = read_subset_ids(args.subset_ids) if args.subset_ids is not None else None
+        subset = restrict_to_subset(cfg, num=args.subset, ids=ids)
+        if _is_main():
+            print(f'[robustness] evaluating {subset["num_images"]} of the {subset["of"]} test '
+                  f'images ({subset["rule"]})', flush=True)
 
     settings = [('clean', None, None)] + [
         (osp.join(c, f'severity_{s}'), c, s) for c in corruptions for s in severities]
@@ -311,7 +459,7 @@ def main(argv=None):
         groups={c: group_of(c) for c in corruptions}, severities=severities,
         transform=dict(type='ImageCorruption', inserted_after='LoadImageFromFile',
                        pipeline_index=index + 1),
-        complete=False, clean=None,
+        subset=subset, complete=False, clean=None,
         corrupted=OrderedDict((c, OrderedDict()) for c in corruptions),
         per_corruption=OrderedDict(), mean=None)
 

@@ -69,7 +69,7 @@ val_dataloader = dict(
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = [
-    dict(type='CocoPanopticMetric',
+    dict(type='FastCocoPanopticMetric',
          ann_file=data_root + 'annotations/cityscapes_panoptic_val.json',
          seg_prefix=data_root + 'annotations/cityscapes_panoptic_val/'),
     dict(type='CocoMetric', ann_file=data_root + 'annotations/instancesonly_filtered_gtFine_val.json',

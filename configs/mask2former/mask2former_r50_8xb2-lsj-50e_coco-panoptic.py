@@ -11,7 +11,7 @@ data_root = 'data/coco/'
 model = dict(test_cfg=dict(panoptic_on=True, semantic_on=False, instance_on=True))
 
 val_evaluator = [
-    dict(type='CocoPanopticMetric',
+    dict(type='FastCocoPanopticMetric',
          ann_file=data_root + 'annotations/panoptic_val2017.json',
          seg_prefix=data_root + 'annotations/panoptic_val2017/',
          backend_args=None),

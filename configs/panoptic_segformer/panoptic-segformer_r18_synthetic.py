@@ -89,7 +89,7 @@ model = dict(
         mask_decoder=dict(
             num_layers=3,
             num_levels=num_levels,
-            mask_hidden_channels=8,
+            mask_head=dict(type='AttentionMapToMask', hidden_channels=8),
             layer_cfg=dict(embed_dims=embed_dims, num_heads=num_heads,
                            feedforward_channels=256, dropout=0.0, self_attn=False)),
         thing_stuff_weighting='count',
@@ -143,6 +143,9 @@ model = dict(
         # instance results from thing classes only (stuff queries cannot take the slots)
         instance_classes='things'),
     init_cfg=None)
+
+# stuff-only images are kept, as in the R50 config
+train_dataloader = dict(dataset=dict(filter_cfg=dict(filter_empty_gt=False, min_size=8)))
 
 optim_wrapper = dict(
     type='OptimWrapper',

@@ -85,12 +85,13 @@ model = dict(
         mask_decoder=dict(
             num_layers=6,  # D_m
             num_levels=num_levels,
-            mask_hidden_channels=8,  # the ~200-parameter FC head of Fig. B.5
+            # the ~200-parameter FC head of Fig. B.5
+            mask_head=dict(type='AttentionMapToMask', hidden_channels=8),
             # FFN 1024 = 4 x 256 (as the deformable layers; the paper gives no width),
             # no dropout, no self-attention (appendix B.3)
             layer_cfg=dict(embed_dims=embed_dims, num_heads=num_heads,
                            feedforward_channels=1024, dropout=0.0, self_attn=False)),
-        thing_stuff_weighting='count',  # lambda_things + lambda_stuff = 1 per image
+        thing_stuff_weighting='count',  # lambda_things + lambda_stuff = 1 over the batch
         sync_cls_avg_factor=True,
         # location-decoder detection loss (lambda_det = 1): focal + L1 + GIoU
         loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
@@ -176,13 +177,18 @@ test_pipeline = [
 train_dataloader = dict(
     batch_size=1,
     num_workers=2,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline))
+    dataset=dict(
+        data_root=data_root,
+        pipeline=train_pipeline,
+        # images (and crops) with stuff only still train the stuff queries and teach the
+        # thing queries "no object", as in the authors' release (mmdet drops them)
+        filter_cfg=dict(filter_empty_gt=False, min_size=32)))
 val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # PQ (PQ_th, PQ_st), AP of the things and mIoU of the panoptic output in one test run
 val_evaluator = [
-    dict(type='CocoPanopticMetric',
+    dict(type='FastCocoPanopticMetric',
          ann_file=data_root + 'annotations/panoptic_val2017.json',
          seg_prefix=data_root + 'annotations/panoptic_val2017/',
          backend_args=None),

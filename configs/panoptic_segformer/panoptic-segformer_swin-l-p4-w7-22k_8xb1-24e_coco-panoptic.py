@@ -1,32 +1,10 @@
 # Panoptic SegFormer Swin-L (ImageNet-22K, window 7) on COCO panoptic, 24 epochs (Table 1):
 # PQ 55.8, PQ_th 61.7, PQ_st 46.9, 221.4M params, 816G FLOPs; test-dev (Table 2): PQ 56.2.
 # Optimizer and schedule as the R50 config (backbone LR x0.1).
-_base_ = './panoptic-segformer_r50_8xb1-24e_coco-panoptic.py'
+_base_ = [
+    './panoptic-segformer_r50_8xb1-24e_coco-panoptic.py',
+    '../_base_/backbones/swin-l-p4-w7-22k.py',
+]
 
-# Swin-L 22K weights (swin_large_patch4_window7_224_22k.pth of the Swin Transformer
-# release, https://github.com/SwinTransformer/storage/releases/download/v1.0.0/
-# swin_large_patch4_window7_224_22k.pth). Nothing is downloaded here: put the file at
-# this path, or pass --cfg-options model.backbone.init_cfg.checkpoint=/path/to/it.
-pretrained = 'checkpoints/swin_large_patch4_window7_224_22k.pth'
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='SwinTransformer',
-        pretrain_img_size=224,
-        embed_dims=192,
-        depths=[2, 2, 18, 2],
-        num_heads=[6, 12, 24, 48],
-        window_size=7,
-        mlp_ratio=4,
-        qkv_bias=True,
-        qk_scale=None,
-        drop_rate=0.0,
-        attn_drop_rate=0.0,
-        drop_path_rate=0.3,
-        patch_norm=True,
-        out_indices=(1, 2, 3),  # stages 2-4: 384, 768, 1536 channels at 1/8, 1/16, 1/32
-        with_cp=False,
-        convert_weights=True,  # the original Swin checkpoint layout
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[384, 768, 1536]))
+model = dict(backbone={{_base_.swin_l_backbone}},
+             neck=dict(in_channels={{_base_.swin_l_channels}}))

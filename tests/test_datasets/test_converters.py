@@ -520,7 +520,7 @@ def test_base_configs_define_the_same_panoptic_pipeline():
     for name, (meta, num_things, num_stuff) in expected.items():
         cfg = Config.fromfile(osp.join(DATASET_CFGS, name + '.py'))
         assert [e['type'] for e in cfg.val_evaluator] == [
-            'CocoPanopticMetric', 'CocoMetric', 'PanopticSemSegMetric']
+            'FastCocoPanopticMetric', 'CocoMetric', 'PanopticSemSegMetric']
         assert cfg.test_evaluator == cfg.val_evaluator
         for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
             ds = cfg[loader].dataset

@@ -51,3 +51,36 @@ def test_missing_inputs_give_clear_errors():
         metric.process({}, [dict(gt_sem_seg=dict(sem_seg=torch.zeros(1, 2, 2)))])
     with pytest.raises(KeyError, match='with_seg'):
         metric.process({}, [dict(pred_panoptic_seg=dict(sem_seg=torch.zeros(1, 2, 2)))])
+
+
+def test_panoptic_metric_before_it_leaves_void_alone(tmp_path):
+    """mmdet 3.3's CocoPanopticMetric rewrites void to 0 in the CPU prediction it reads;
+    FastCocoPanopticMetric works on a copy, so PanopticSemSegMetric after it in the
+    evaluator list still sees void (a miss), not class 0."""
+    from mmdet.evaluation.metrics import CocoPanopticMetric
+    from mmmaps.evaluation.metrics import FastCocoPanopticMetric
+    num_classes = 3
+    meta = dict(classes=['a', 'b', 'c'], thing_classes=['a', 'b'], stuff_classes=['c'])
+    pan = torch.tensor([[[num_classes, 2], [0 + INSTANCE_OFFSET, num_classes]]])
+    gt = torch.tensor([[[0, 2], [0, 1]]])
+
+    def sample():
+        return dict(img_id=1, img_path='x.jpg', ori_shape=(2, 2), seg_map_path='x.png',
+                    segments_info=[], pred_panoptic_seg=dict(sem_seg=pan.clone()),
+                    gt_sem_seg=dict(sem_seg=gt.clone()))
+
+    results = {}
+    for panoptic_type in (CocoPanopticMetric, FastCocoPanopticMetric):
+        panoptic = panoptic_type(outfile_prefix=str(tmp_path / panoptic_type.__name__))
+        semantic = PanopticSemSegMetric()
+        panoptic.dataset_meta = semantic.dataset_meta = meta
+        data = sample()
+        panoptic._parse_predictions(data, 1, 'x.png')  # what process() does per image
+        semantic.process({}, [data])
+        results[panoptic_type] = semantic.compute_metrics(semantic.results)['mIoU']
+    # hand-computed: 'a' is hit at (1, 0) and missed at (0, 0) (void), 'c' hit, 'b' missed
+    # (void): IoU a = 1/2, b = 0, c = 1 -> mIoU 50
+    assert results[FastCocoPanopticMetric] == 50.0
+    # mmdet's in-place rewrite turns both void pixels into 'a': a = 2/3 (the miss at
+    # (0, 0) becomes a hit, (1, 1) a false positive), b = 0, c = 1
+    assert results[CocoPanopticMetric] == round(100 * (2 / 3 + 0 + 1) / 3, 2)

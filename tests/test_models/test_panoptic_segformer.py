@@ -1,5 +1,4 @@
 """Panoptic SegFormer: mask decoder pieces against references, query decoupling, variants."""
-import copy
 import os.path as osp
 
 import numpy as np
@@ -16,8 +15,9 @@ from mmdet.structures.mask import BitmapMasks
 from mmdet.utils import register_all_modules
 
 from mmmaps.models import (AttentionMapCrossAttention, AttentionMapToMask,
-                           MaskWiseMergingFusionHead, PanopticSegFormer, QueryAssignment,
-                           build_panoptic_targets, mask_mass_centers, query_set_losses,
+                           MaskWiseMergingFusionHead, PanopticSegFormer, PanopticTargets,
+                           QueryAssignment, batch_loss_weights, build_panoptic_targets,
+                           mask_mass_centers, query_set_losses, resize_masks,
                            select_thing_queries)
 
 from ..conftest import REPO_ROOT, load_config_with_root
@@ -98,24 +98,47 @@ def _sample(img_shape=(20, 30), pad=(32, 32)):
     return sample
 
 
-def test_panoptic_targets_split_things_stuff_and_weights():
+def test_panoptic_targets_split_things_and_stuff():
     sample = _sample()
-    targets = build_panoptic_targets(sample, NUM_THINGS, NUM_STUFF, 'count')
+    targets = build_panoptic_targets(sample, NUM_THINGS, NUM_STUFF)
     assert targets.things.labels.tolist() == [2, 5]
     assert sorted(targets.stuff.labels.tolist()) == [NUM_THINGS, NUM_THINGS + 1]
     sky = targets.stuff.masks[targets.stuff.labels.tolist().index(NUM_THINGS)]
     assert sky.sum() == 2 * 30
-    assert (targets.thing_weight, targets.stuff_weight) == (0.5, 0.5)  # 2 things, 2 stuff
-    area = build_panoptic_targets(sample, NUM_THINGS, NUM_STUFF, 'area')
-    thing_px, stuff_px = 4 * 6 + 10 * 4, 20 * 30 - (4 * 6 + 10 * 4)
-    assert area.thing_weight == pytest.approx(thing_px / (thing_px + stuff_px))
-    assert area.thing_weight + area.stuff_weight == pytest.approx(1.0)
-    flat = build_panoptic_targets(sample, NUM_THINGS, NUM_STUFF, None)
-    assert (flat.thing_weight, flat.stuff_weight) == (1.0, 1.0)
     joint = targets.joint()
     assert len(joint) == 4 and joint.bboxes[2:].tolist() == [[0., 0., 30., 2.], [0., 2., 30., 20.]]
+
+
+def test_batch_loss_weights_hand_computed():
+    full = build_panoptic_targets(_sample(), NUM_THINGS, NUM_STUFF)  # 2 things, 2 stuff
+    no_stuff = PanopticTargets(full.things, full.stuff[:0])
+    # counts over the batch: 4 things, 2 stuff
+    assert batch_loss_weights([full, no_stuff], 'count') == pytest.approx((4 / 6, 2 / 6))
+    thing_px, stuff_px = 4 * 6 + 10 * 4, 20 * 30 - (4 * 6 + 10 * 4)
+    assert batch_loss_weights([full], 'area') == pytest.approx(
+        (thing_px / 600, stuff_px / 600))
+    assert batch_loss_weights([full], None) == (1.0, 1.0)
+    # a batch without stuff: the stuff set counts as one segment, never 0
+    assert batch_loss_weights([no_stuff], 'count') == pytest.approx((2 / 3, 1 / 3))
+    # area: one segment of the batch's mean segment area (64 px / 2 segments)
+    assert batch_loss_weights([no_stuff], 'area') == pytest.approx((64 / 96, 32 / 96))
     with pytest.raises(ValueError, match='weighting'):
-        build_panoptic_targets(sample, NUM_THINGS, NUM_STUFF, 'pixels')
+        batch_loss_weights([full], 'pixels')
+
+
+def test_area_averaged_targets_keep_small_objects():
+    """A 4x4 object at a position not aligned to the 1/8 grid: its 1/8 target is not empty
+    and holds its 16 pixels (bilinear without antialiasing reads 4 pixels per cell)."""
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    mask[0, 10:14, 21:25] = True  # straddles cells (1, 2) and (1, 3)
+    target = resize_masks(mask, (8, 8))
+    assert target.sum() * 64 == pytest.approx(16.0)
+    expected = torch.zeros(8, 8)
+    expected[1, 2], expected[1, 3] = 12 / 64, 4 / 64  # columns 21-23 | 24
+    torch.testing.assert_close(target[0], expected)
+    bilinear = F.interpolate(mask[:, None].float(), size=(8, 8), mode='bilinear',
+                             align_corners=False)
+    assert bilinear.sum() == 0  # what the old targets were
 
 
 def test_mass_centers_against_numpy():
@@ -265,8 +288,8 @@ def test_stuff_queries_always_map_to_their_own_class(synthetic_root):
     assert (probs[:, 20:].sum(-1) == probs[:, 20 + torch.arange(NUM_STUFF), own]).all()
     assert (probs[:, :20, NUM_THINGS:] == 0).all()
     # training: class-fixed assignment, query j <- stuff class j
-    targets = [build_panoptic_targets(_sample(), NUM_THINGS, NUM_STUFF, 'count')]
-    assignment = head._stuff_assignments(targets, (8, 8))[0]
+    targets = [build_panoptic_targets(_sample(), NUM_THINGS, NUM_STUFF)]
+    assignment = head._stuff_assignments(targets, (8, 8), 0.5)[0]
     assert sorted(assignment.query_inds.tolist()) == [0, 1] and (assignment.labels == 0).all()
     # inference: every stuff segment of the panoptic output carries its query's class
     model.eval()
@@ -335,25 +358,53 @@ def test_configuration_errors(synthetic_root):
 @pytest.mark.parametrize('merge', ['mask_wise', 'pixel_argmax', 'pixel_argmax_prob'])
 def test_fusion_head_variants_in_the_psf_config(synthetic_root, merge):
     """Table 7 "(m)" and "(p)" rows; "(p*)" is mmdet's softmax rule, refused for sigmoid."""
+    from .test_mask_wise_merging import semantic_via_mmdet
     model, cfg = build_psf(synthetic_root, {'model.test_cfg.merge': merge,
                                             'model.test_cfg.semantic_on': True})
     assert isinstance(model, PanopticSegFormer)
     assert isinstance(model.panoptic_fusion_head, MaskWiseMergingFusionHead)
     model.eval()
+    data = val_batch(model, cfg)
     if merge == 'pixel_argmax_prob':
         with pytest.raises(ValueError, match='softmax'), torch.no_grad():
-            predict(model, val_batch(model, cfg))
+            predict(model, data)
         return
     with torch.no_grad():
-        results = predict(model, val_batch(model, cfg))
-    pan = results[0].pred_panoptic_seg.sem_seg
-    sem = results[0].pred_sem_seg.sem_seg
-    assert pan.shape == sem.shape
+        mask_cls, _ = model.bbox_head.predict(**model.forward_transformer(
+            model.extract_feat(data['inputs']), data['data_samples']),
+            batch_data_samples=data['data_samples'])
+    # untrained, every class probability is far under the config's t_cnf (.25) and both
+    # maps would be all void: "(p)" keeps the upper half of p_i; "(m)" scores
+    # s_i = p_i * mean(m_i[m_i > .5])^2 >= p_i / 4 for a non-empty mask
+    probs, labels = mask_cls.sigmoid().max(-1)  # the config's cls_activation
+    t_cnf = float(probs.median()) / (1 if merge == 'pixel_argmax' else 4)
+    model.panoptic_fusion_head.test_cfg['t_cnf'] = t_cnf
+    with torch.no_grad():
+        results = predict(model, data)
     void = NUM_THINGS + NUM_STUFF
-    assert ((pan % 1000 == sem) | ((pan == void) & (sem == 255))).all()
+    for i, result in enumerate(results):
+        pan, sem = result.pred_panoptic_seg.sem_seg[0], result.pred_sem_seg.sem_seg[0]
+        assert pan.shape == result.ori_shape
+        np.testing.assert_array_equal(sem.numpy(), semantic_via_mmdet(pan, void))
+        # only classes of queries with p >= t_cnf (s_i <= p_i for "(m)")
+        assert set(np.unique(sem.numpy())) - {255} <= set(labels[i][probs[i] >= t_cnf].tolist())
+        if merge == 'pixel_argmax':
+            assert (pan != void).all()  # some query is kept: every pixel has an owner
+        else:
+            assert (pan != void).any()
 
 
 def test_tiny_psf_trains_and_tests_through_the_tools(synthetic_root, tmp_path):
+    """tools/train.py, then tools/test.py: its PQ/SQ/RQ are recomputed with panopticapi and
+    its mIoU/mAcc with numpy, both from the prediction PNGs it wrote (--panoptic-out)."""
+    import json
+
+    import cv2
+    from panopticapi.evaluation import pq_compute
+    from panopticapi.utils import rgb2id
+
+    from mmmaps.datasets import SYNTHETIC_METAINFO
+
     from ..conftest import run_tool
     work = str(tmp_path / 'work')
     loaders = ['train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
@@ -363,11 +414,53 @@ def test_tiny_psf_trains_and_tests_through_the_tools(synthetic_root, tmp_path):
               'train_cfg.max_iters=2', 'train_cfg.val_interval=100',
               'default_hooks.checkpoint.interval=2', 'train_dataloader.batch_size=2'] + loaders,
              synthetic_root)
+    prefix = osp.join(work, 'pred')
+    # after 2 iterations every class probability is far under t_cnf = .25 (all void):
+    # t_cnf 0 makes the maps non-empty
     run_tool(['tools/test.py', TINY_PSF, osp.join(work, 'iter_2.pth'), '--work-dir', work,
-              '--cfg-options'] + loaders, synthetic_root)
-    metrics = open(osp.join(work, 'metrics.json')).read()
-    for key in ('coco_panoptic/PQ', 'coco/segm_mAP', 'mIoU'):
-        assert key in metrics
+              '--panoptic-out', prefix, '--cfg-options', 'model.test_cfg.t_cnf=0.0'] + loaders,
+             synthetic_root)
+    with open(osp.join(work, 'metrics.json')) as f:
+        metrics = json.load(f)
+    assert 'coco/segm_mAP' in metrics
+
+    gt_json = osp.join(synthetic_root, 'annotations', 'panoptic_val.json')
+    gt_dir = osp.join(synthetic_root, 'annotations', 'panoptic_val')
+    pq = pq_compute(gt_json, prefix + '.panoptic.json', gt_dir, prefix + '.panoptic')
+    for key in ('PQ', 'SQ', 'RQ'):
+        assert metrics[f'coco_panoptic/{key}'] == pytest.approx(100 * pq['All'][key.lower()])
+
+    with open(gt_json) as f:
+        gt = json.load(f)
+    with open(prefix + '.panoptic.json') as f:
+        preds = {ann['image_id']: ann for ann in json.load(f)['annotations']}
+    assert sorted(preds) == sorted(ann['image_id'] for ann in gt['annotations'])
+    classes = list(SYNTHETIC_METAINFO['classes'])
+    label_of = {cat['id']: classes.index(cat['name']) for cat in gt['categories']}
+
+    def semantic(folder, ann):
+        ids = rgb2id(cv2.imread(osp.join(folder, ann['file_name']))[..., ::-1])
+        sem = np.full(ids.shape, 255)
+        for segment in ann['segments_info']:
+            sem[ids == segment['id']] = label_of[segment['category_id']]
+        return sem
+
+    n = len(classes)
+    inter, gt_area, pred_area = np.zeros(n), np.zeros(n), np.zeros(n)
+    for ann in gt['annotations']:
+        target = semantic(gt_dir, ann)
+        pred = semantic(prefix + '.panoptic', preds[ann['image_id']])
+        assert (pred != 255).any()  # a prediction in every image
+        target, pred = target[target != 255], pred[target != 255]
+        inter += np.bincount(target[target == pred], minlength=n)
+        gt_area += np.bincount(target, minlength=n)
+        pred_area += np.bincount(pred[pred != 255], minlength=n)
+    # void predictions are misses (PanopticSemSegMetric); the metric rounds to 0.01
+    union = pred_area + gt_area - inter
+    assert metrics['semseg/mIoU'] == pytest.approx(
+        100 * (inter[union > 0] / union[union > 0]).mean(), abs=0.006)
+    assert metrics['semseg/mAcc'] == pytest.approx(
+        100 * (inter[gt_area > 0] / gt_area[gt_area > 0]).mean(), abs=0.006)
 
 
 ABLATIONS = osp.join(REPO_ROOT, 'configs', 'panoptic_segformer', 'ablations')

@@ -25,6 +25,11 @@ def test_main_job_learns(tmp_path):
             trained = json.load(f)
         assert trained['coco_panoptic/PQ'] > untrained['coco_panoptic/PQ'] + 5, model
         assert trained['semseg/mIoU'] > untrained['semseg/mIoU'] + 10, model
+        if model == 'psf':
+            # the tiny paper-text Panoptic SegFormer after 300 iterations, seed 0: measured
+            # PQ 36.8 (PQ_st 77.6, PQ_th 1.8: things come later) with the fixed losses
+            assert trained['coco_panoptic/PQ'] > 30, trained
+            assert trained['coco_panoptic/PQ_st'] > 70, trained
     for png in ('panoptic_overlay.png', 'panoptic_overlay_psf.png'):
         assert osp.getsize(osp.join(work, png)) > 10_000
     assert 'MAPS' in proc.stdout and 'Mask2Former' in proc.stdout

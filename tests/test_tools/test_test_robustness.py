@@ -1,6 +1,7 @@
 import glob
 import importlib.util
 import json
+import os
 import os.path as osp
 
 import numpy as np
@@ -130,3 +131,140 @@ def test_tool_two_corruptions_one_severity(synthetic_root, tmp_path):
     def sharpness(x):
         return np.abs(np.diff(x.astype(np.float64), axis=-1)).mean()
     assert sharpness(noisy) > sharpness(clean) > sharpness(blurred)
+
+
+# conftest's synthetic set: 8 train images (ids 1-8), then the 4 val images (ids 9-12)
+VAL_IDS = [9, 10, 11, 12]
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _ids(ann):
+    return [img['id'] for img in ann['images']], sorted({a['image_id'] for a in ann['annotations']})
+
+
+def test_subset_selection(synthetic_root, tmp_path):
+    tool = _tool()
+    ids_file = tmp_path / 'ids.txt'
+    ids_file.write_text('# two val images\n12, 10\n10 11  # 10 again\n')
+    assert tool.read_subset_ids(str(ids_file)) == [12, 10, 11]
+    ids_file.write_text('12 ten\n')
+    with pytest.raises(ValueError, match="'ten' is not an integer"):
+        tool.read_subset_ids(str(ids_file))
+    ids_file.write_text('# nothing\n')
+    with pytest.raises(ValueError, match='no image ids'):
+        tool.read_subset_ids(str(ids_file))
+    with pytest.raises(SystemExit):  # one or the other
+        tool.parse_args([TINY_M2F, 'x.pth', '--subset', '2', '--subset-ids', str(ids_file)])
+
+    annotations = osp.join(synthetic_root, 'annotations')
+    pan_file = osp.join(annotations, 'panoptic_val.json')
+    ins_file = osp.join(annotations, 'instances_val.json')
+    before = {f: open(f).read() for f in (pan_file, ins_file)}
+    listing = sorted(glob.glob(osp.join(synthetic_root, '**'), recursive=True))
+    assert _ids(_read(pan_file)) == (VAL_IDS, VAL_IDS)
+    # the images listed in reverse id order: "smallest ids" is not "first in the file"
+    reversed_ann = _read(pan_file)
+    reversed_ann['images'] = reversed_ann['images'][::-1]
+    reversed_file = str(tmp_path / 'panoptic_val_reversed.json')
+    with open(reversed_file, 'w') as f:
+        json.dump(reversed_ann, f)
+
+    cfg = load_config_with_root(TINY_M2F, synthetic_root)
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.test_dataloader.dataset.ann_file = reversed_file
+    cfg.test_evaluator[0].ann_file = reversed_file
+    subset = tool.restrict_to_subset(cfg, num=2)
+    assert subset['image_ids'] == [9, 10] and (subset['num_images'], subset['of']) == (2, 4)
+    out_pan = osp.join(cfg.work_dir, 'subset', 'panoptic_val_reversed.json')
+    out_ins = osp.join(cfg.work_dir, 'subset', 'instances_val.json')
+    assert cfg.test_dataloader.dataset.ann_file == out_pan
+    assert cfg.test_evaluator[0].ann_file == out_pan  # the same file, written once
+    assert cfg.test_evaluator[1].ann_file == out_ins
+    assert 'ann_file' not in cfg.test_evaluator[2]  # PanopticSemSegMetric: per sample
+    assert _ids(_read(out_pan)) == ([10, 9], [9, 10])
+    assert _ids(_read(out_ins)) == ([9, 10], [9, 10])
+    ins = _read(ins_file)
+    assert _read(out_ins)['annotations'] == [a for a in ins['annotations']
+                                             if a['image_id'] in (9, 10)]
+    assert _read(out_ins)['categories'] == ins['categories']
+    # the data are untouched, nothing was written next to them
+    assert {f: open(f).read() for f in (pan_file, ins_file)} == before
+    assert sorted(glob.glob(osp.join(synthetic_root, '**'), recursive=True)) == listing
+
+    # the dataset the Runner will build holds exactly those images
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+    import mmmaps  # noqa: F401
+    register_all_modules()
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    assert sorted(dataset[i]['data_samples'].img_id for i in range(len(dataset))) == [9, 10]
+
+    for num, ids, message in ((5, None, 'exceeds the 4 images'), (0, None, 'at least 1'),
+                              (None, [9, 99, 7], '2 of the 3 subset image ids are not in')):
+        cfg = load_config_with_root(TINY_M2F, synthetic_root)
+        cfg.work_dir = str(tmp_path / 'bad')
+        with pytest.raises(ValueError, match=message):
+            tool.restrict_to_subset(cfg, num=num, ids=ids)
+    # an evaluator's ann_file without one of the images
+    ins['images'] = [img for img in ins['images'] if img['id'] != 10]
+    short_file = str(tmp_path / 'instances_short.json')
+    with open(short_file, 'w') as f:
+        json.dump(ins, f)
+    cfg.test_evaluator[1].ann_file = short_file
+    with pytest.raises(ValueError, match='1 subset image ids are not in .*instances_short'):
+        tool.restrict_to_subset(cfg, ids=[10, 12])
+
+
+def test_tool_on_a_subset(synthetic_root, tmp_path):
+    """--subset-ids end to end, with the evaluators writing what they evaluated: mmdet's
+    CocoPanopticMetric with outfile_prefix checks that every image of its ann_file has a
+    prediction, so the full val file would fail; PQ is recomputed with panopticapi."""
+    import torch
+    from panopticapi.evaluation import pq_compute
+    ckpt = str(tmp_path / 'init.pth')
+    with torch.random.fork_rng():
+        _load(osp.join('tools', 'misc', 'init_checkpoint.py'), 'init_checkpoint_tool').main(
+            [TINY_M2F, ckpt])
+    ids_file = tmp_path / 'ids.txt'
+    ids_file.write_text('12\n10\n')
+    work = str(tmp_path / 'work')
+    out = str(tmp_path / 'out')
+    proc = run_tool(['tools/test_robustness.py', TINY_M2F, ckpt, '--corruptions', 'brightness',
+                     '--severities', '1', '--subset-ids', str(ids_file), '--work-dir', work,
+                     '--cfg-options', f'test_evaluator.0.outfile_prefix={out}/pan',
+                     f'test_evaluator.1.outfile_prefix={out}/ins',
+                     # untrained: no class probability reaches mmdet's 0.8
+                     'model.test_cfg.object_mask_thr=0.0'] + LOADERS, synthetic_root)
+    assert '[robustness] evaluating 2 of the 4 test images (listed image ids)' in proc.stdout
+    report = _read(osp.join(work, 'robustness.json'))
+    assert report['complete'] is True
+    assert report['subset']['image_ids'] == [12, 10]
+    # the files the last evaluation (brightness, severity 1) wrote
+    pan = _read(osp.join(out, 'pan.panoptic.json'))
+    assert sorted(a['image_id'] for a in pan['annotations']) == [10, 12]
+    assert sorted(os.listdir(osp.join(out, 'pan.panoptic'))) == ['000000000010.png',
+                                                                 '000000000012.png']
+    assert any(a['segments_info'] for a in pan['annotations'])
+    assert sorted({d['image_id'] for d in _read(osp.join(out, 'ins.segm.json'))}) == [10, 12]
+    gt = _read(osp.join(synthetic_root, 'annotations', 'panoptic_val.json'))
+    gt['images'] = [img for img in gt['images'] if img['id'] in (10, 12)]
+    gt['annotations'] = [a for a in gt['annotations'] if a['image_id'] in (10, 12)]
+    gt_file = str(tmp_path / 'gt_subset.json')
+    with open(gt_file, 'w') as f:
+        json.dump(gt, f)
+    pq = pq_compute(gt_file, osp.join(out, 'pan.panoptic.json'),
+                    osp.join(synthetic_root, 'annotations', 'panoptic_val'),
+                    osp.join(out, 'pan.panoptic'))
+    metrics = report['corrupted']['brightness']['1']['metrics']
+    for key in ('PQ', 'SQ', 'RQ'):
+        assert metrics[f'coco_panoptic/{key}'] == pytest.approx(100 * pq['All'][key.lower()])
+    # every evaluation ran on the subset files
+    for tag in ('clean', 'brightness/severity_1'):
+        with open(osp.join(work, tag, osp.basename(TINY_M2F))) as f:
+            text = f.read()
+        assert text.count(osp.join(work, 'subset', 'panoptic_val.json')) >= 2, tag
+        assert osp.join(work, 'subset', 'instances_val.json') in text, tag

@@ -76,7 +76,7 @@ test_dataloader = val_dataloader
 # PQ (panopticapi definition), instance AP on the thing predictions, and mIoU of the
 # semantic map derived from the panoptic prediction.
 val_evaluator = [
-    dict(type='CocoPanopticMetric',
+    dict(type='FastCocoPanopticMetric',
          ann_file=data_root + 'annotations/cityscapes_panoptic_val.json',
          seg_prefix=data_root + 'annotations/cityscapes_panoptic_val/',
          backend_args=backend_args),

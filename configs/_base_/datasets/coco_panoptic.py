@@ -8,7 +8,7 @@ data_root = 'data/coco/'
 backend_args = None
 
 val_evaluator = [
-    dict(type='CocoPanopticMetric',
+    dict(type='FastCocoPanopticMetric',
          ann_file=data_root + 'annotations/panoptic_val2017.json',
          seg_prefix=data_root + 'annotations/panoptic_val2017/',
          backend_args=backend_args),

@@ -197,6 +197,19 @@ class FastCocoPanopticMetric(CocoPanopticMetric):
                 'needs outfile_prefix on storage that every rank shares')
         self._process_gt_and_predictions(data_samples)
 
+    def _parse_predictions(self, pred: dict, img_id: int, segm_file: str,
+                           label2cat=None) -> dict:
+        """The parent's, on a copy of the panoptic map.
+
+        mmdet 3.3's rewrites void to 0 in the array it reads, which for a CPU tensor is
+        the prediction itself: a metric after it in the evaluator list (e.g.
+        ``PanopticSemSegMetric``) would then score void pixels as class 0.
+        """
+        panoptic = dict(pred['pred_panoptic_seg'])
+        panoptic['sem_seg'] = panoptic['sem_seg'].clone()
+        return super()._parse_predictions(dict(pred, pred_panoptic_seg=panoptic), img_id,
+                                          segm_file, label2cat)
+
     # ------------------------------------------------------------------ compute
     def compute_metrics(self, results: list) -> Dict[str, float]:
         logger: MMLogger = MMLogger.get_current_instance()

@@ -18,6 +18,10 @@ class PanopticSemSegMetric(SemSegMetric):
     predicted class (``torch.histc`` drops the out-of-range label).
 
     Keys: ``semseg/mIoU``, ``semseg/aAcc``, ``semseg/mAcc`` (+ per-class table).
+
+    In an evaluator list, pair it with ``FastCocoPanopticMetric`` (the mmmaps configs
+    do), not mmdet's ``CocoPanopticMetric`` before it: on CPU the latter rewrites void to
+    class 0 in the prediction in place (mmdet 3.3), which this metric would then score.
     """
     default_prefix = 'semseg'
 

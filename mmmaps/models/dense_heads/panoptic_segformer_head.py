@@ -17,7 +17,8 @@ from mmdet.utils import reduce_mean
 from ..layers.attention_mask_decoder import AttentionMaskDecoder
 from ..losses import QueryAssignment, query_set_losses
 from ..losses.query_set_loss import resize_masks
-from ..utils import PanopticTargets, build_panoptic_targets, select_thing_queries
+from ..utils import (PanopticTargets, batch_loss_weights, build_panoptic_targets,
+                     select_thing_queries)
 
 _LOCATION_TARGETS = ('box', 'mass_center')
 _GEOMETRY_COSTS = ('BBoxL1Cost', 'IoUCost', 'MassCenterL1Cost')
@@ -50,8 +51,9 @@ class PanopticSegFormerHead(DeformableDETRHead):
         mask_decoder (dict): :class:`AttentionMaskDecoder` config.
         loss_mask_cls (dict): Mask-decoder classification loss (focal, lambda_cls = 2).
         loss_mask (dict): Mask loss (Dice, lambda_seg = 1).
-        thing_stuff_weighting (str | None): lambda_things / lambda_stuff per image from
-            the ``'count'`` (default) or ``'area'`` of its things and stuff; None = 1, 1.
+        thing_stuff_weighting (str | None): lambda_things / lambda_stuff from the
+            ``'count'`` (default) or ``'area'`` of the things and stuff of the global batch
+            (:func:`batch_loss_weights`; never 0); None = 1, 1.
         query_filter (dict | None): ``dict(num_queries=K, num_rounds=R)``: only K thing
             queries enter the mask decoder, chosen by R rounds of Hungarian matching in
             training and by location-decoder score at inference (appendix B.2).
@@ -135,6 +137,10 @@ class PanopticSegFormerHead(DeformableDETRHead):
         if self.location_target == 'mass_center':
             for branch in {id(b): b for b in self.reg_branches}.values():
                 branch[-1] = Linear(self.embed_dims, 2)
+        self._init_mask_decoder()
+
+    def _init_mask_decoder(self) -> None:
+        """The mask decoder, its class branches and the stuff queries."""
         self.mask_decoder = AttentionMaskDecoder(**self.mask_decoder_cfg)
         if self.mask_decoder.embed_dims != self.embed_dims:
             raise ValueError(f'mask_decoder embed_dims ({self.mask_decoder.embed_dims}) != '
@@ -210,6 +216,18 @@ class PanopticSegFormerHead(DeformableDETRHead):
             pred.centers = coords
         return pred
 
+    def mask_decoder_memory(self, memory: Tensor, memory_pos: Tensor,
+                            memory_mask: Optional[Tensor], spatial_shapes: Tensor,
+                            num_levels: int) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+        """The encoder tokens of the first ``num_levels`` levels (the mask decoder's)."""
+        if num_levels > len(spatial_shapes):
+            raise ValueError(f'the mask decoder attends to {num_levels} levels but the '
+                             f'encoder has {len(spatial_shapes)}')
+        spatial_shapes = spatial_shapes[:num_levels]
+        length = int(spatial_shapes.prod(-1).sum())
+        mask = None if memory_mask is None else memory_mask[:, :length]
+        return memory[:, :length], memory_pos[:, :length], mask, spatial_shapes
+
     def forward_mask_decoder(self, thing_query: Tensor, thing_query_pos: Tensor,
                              memory: Tensor, memory_pos: Tensor,
                              memory_mask: Optional[Tensor], spatial_shapes: Tensor,
@@ -226,6 +244,8 @@ class PanopticSegFormerHead(DeformableDETRHead):
             query_pos = torch.cat([query_pos, stuff_pos.expand(batch, -1, -1)], dim=1)
             is_stuff = torch.arange(query.shape[1], device=query.device) >= num_things
             self_attn_mask = is_stuff[:, None] != is_stuff[None, :]
+        memory, memory_pos, memory_mask, spatial_shapes = self.mask_decoder_memory(
+            memory, memory_pos, memory_mask, spatial_shapes, self.mask_decoder.num_levels)
         outputs = []
         layers = self.mask_decoder(query, query_pos, memory, memory_pos, memory_mask,
                                    spatial_shapes, self_attn_mask, num_layers)
@@ -268,13 +288,13 @@ class PanopticSegFormerHead(DeformableDETRHead):
              enc_outputs_coord: Optional[Tensor] = None, **kwargs) -> Dict[str, Tensor]:
         metas = [dict(sample.metainfo) for sample in batch_data_samples]
         targets = [
-            build_panoptic_targets(sample, self.num_things_classes, self.num_stuff_classes,
-                                   self.thing_stuff_weighting)
+            build_panoptic_targets(sample, self.num_things_classes, self.num_stuff_classes)
             for sample in batch_data_samples
         ]
         gts = [t.things if self.query_decoupling else t.joint() for t in targets]
-        for meta, target in zip(metas, targets):
-            meta['thing_loss_weight'] = target.thing_weight
+        thing_weight, stuff_weight = batch_loss_weights(targets, self.thing_stuff_weighting)
+        for meta in metas:
+            meta['thing_loss_weight'] = thing_weight
         losses = {}
         loc_cls, loc_coords = self.location_predictions(hidden_states, references)
         if self.has_location_decoder:
@@ -287,8 +307,9 @@ class PanopticSegFormerHead(DeformableDETRHead):
         outputs = self.forward_mask_decoder(query, query_pos, memory, memory_pos, memory_mask,
                                             spatial_shapes)
         mask_size = tuple(outputs[-1]['thing_masks'].shape[-2:])
-        thing_assign = self._match_things(outputs[-1], preds, gts, targets, metas, mask_size)
-        stuff_assign = self._stuff_assignments(targets, mask_size) \
+        thing_assign = self._match_things(outputs[-1], preds, gts, metas, mask_size,
+                                          thing_weight if self.query_decoupling else 1.0)
+        stuff_assign = self._stuff_assignments(targets, mask_size, stuff_weight) \
             if self.num_stuff_queries else None
         last = len(outputs) - 1
         for i, out in enumerate(outputs):
@@ -305,11 +326,11 @@ class PanopticSegFormerHead(DeformableDETRHead):
         return losses
 
     def _match_things(self, last: Dict[str, Tensor], preds: Optional[List[InstanceData]],
-                      gts: List[InstanceData], targets: List[PanopticTargets],
-                      metas: List[dict], mask_size) -> List[QueryAssignment]:
+                      gts: List[InstanceData], metas: List[dict], mask_size,
+                      weight: float) -> List[QueryAssignment]:
         """Hungarian matching of the thing (or, joint, all) queries on the last layer."""
         assignments = []
-        for b, (gt, target, meta) in enumerate(zip(gts, targets, metas)):
+        for b, (gt, meta) in enumerate(zip(gts, metas)):
             gt_masks = resize_masks(gt.masks, mask_size)
             pred = InstanceData(scores=last['thing_cls'][b].detach(),
                                 masks=last['thing_masks'][b].detach())
@@ -323,13 +344,12 @@ class PanopticSegFormerHead(DeformableDETRHead):
                                                gt_instances=gt_for_cost, img_meta=meta)
             query_inds = (result.gt_inds > 0).nonzero().squeeze(1)
             gt_inds = result.gt_inds[query_inds] - 1
-            weight = target.thing_weight if self.query_decoupling else 1.0
             assignments.append(QueryAssignment(query_inds, gt.labels[gt_inds], gt_masks[gt_inds],
                                                weight))
         return assignments
 
-    def _stuff_assignments(self, targets: List[PanopticTargets],
-                           mask_size) -> List[QueryAssignment]:
+    def _stuff_assignments(self, targets: List[PanopticTargets], mask_size,
+                           weight: float) -> List[QueryAssignment]:
         """Class-fixed assignment: stuff query j <- the segment of stuff class j, if present."""
         assignments = []
         for target in targets:
@@ -337,7 +357,7 @@ class PanopticSegFormerHead(DeformableDETRHead):
             query_inds = stuff.labels - self.num_things_classes
             assignments.append(QueryAssignment(query_inds, torch.zeros_like(query_inds),
                                                resize_masks(stuff.masks, mask_size),
-                                               target.stuff_weight))
+                                               weight))
         return assignments
 
     # ---------------------------------------------- location-decoder detection loss

@@ -4,9 +4,11 @@ Section 3.3.3 and Fig. B.4/B.5 of the Panoptic SegFormer paper. Each layer cross
 from the queries to the encoder tokens ``F`` (all levels concatenated); its attention maps
 ``A`` (N, h, L_1 + L_2 + L_3) are split per level, reshaped to the level's grid, upsampled
 to the first (1/8) level, concatenated over heads and levels, and turned into one mask
-logit map by a tiny per-pixel FC head (about 200 parameters).
+map by a tiny per-pixel FC head (about 200 parameters). Two such heads: the paper's
+reading (:class:`AttentionMapToMask`, mask logits) and the authors' release
+(:class:`LevelwiseAttentionMapToMask`, non-negative mask scores).
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,15 @@ class AttentionMapCrossAttention(BaseModule):
         return self.out_proj(out), logits.transpose(1, 2)
 
 
+def _check_attention(attn: Tensor, shapes: Sequence[Tuple[int, int]], num_heads: int,
+                     num_levels: int) -> None:
+    if len(shapes) != num_levels or attn.shape[2] != num_heads:
+        raise ValueError(f'expected {num_heads} heads x {num_levels} levels, got '
+                         f'{attn.shape[2]} heads x {len(shapes)} levels')
+    if sum(h * w for h, w in shapes) != attn.shape[3]:
+        raise ValueError(f'attention length {attn.shape[3]} != sum of level sizes {shapes}')
+
+
 @MODELS.register_module()
 class AttentionMapToMask(BaseModule):
     """PSF Eq. 1-2 plus the tiny FC head: attention maps of every query -> one mask logit map.
@@ -102,12 +113,8 @@ class AttentionMapToMask(BaseModule):
             self.fc = nn.Conv2d(in_channels, 1, 1)
 
     def forward(self, attn: Tensor, shapes: Sequence[Tuple[int, int]]) -> Tensor:
+        _check_attention(attn, shapes, self.num_heads, self.num_levels)
         batch, num_queries, num_heads, length = attn.shape
-        if len(shapes) != self.num_levels or num_heads != self.num_heads:
-            raise ValueError(f'expected {self.num_heads} heads x {self.num_levels} levels, got '
-                             f'{num_heads} heads x {len(shapes)} levels')
-        if sum(h * w for h, w in shapes) != length:
-            raise ValueError(f'attention length {length} != sum of level sizes {shapes}')
         attn = attn.reshape(batch * num_queries, num_heads, length)
         target = shapes[0]
         maps, start = [], 0
@@ -122,6 +129,84 @@ class AttentionMapToMask(BaseModule):
 
 
 @MODELS.register_module()
+class LevelwiseAttentionMapToMask(BaseModule):
+    """The mask head of the authors' released Panoptic SegFormer.
+
+    Per level, a ``Linear(h, h) + ReLU`` mixes the heads of every token at the level's own
+    resolution; the levels are upsampled bilinearly to the first level's grid,
+    concatenated (``h * num_levels`` channels) and a ``Linear(h * num_levels, 1) + ReLU``
+    gives the mask. The output is a non-negative mask *score*, not a logit: the release
+    trains it with a Dice loss on the raw values and thresholds it at 0.5 directly
+    (``MaskWiseMergingFusionHead`` with ``mask_activation='identity'``). 8 heads x 3
+    levels: 3 * 72 + 25 = 241 parameters.
+
+    Shapes: attn (B, N, h, L) with L = sum(H_i * W_i) in level order, shapes a list of
+    (H_i, W_i), first level the largest. Returns (B, N, H_1, W_1) mask scores >= 0.
+    """
+
+    def __init__(self, num_heads: int, num_levels: int, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.num_heads, self.num_levels = num_heads, num_levels
+        self.level_fcs = nn.ModuleList([
+            nn.Sequential(nn.Linear(num_heads, num_heads), nn.ReLU(inplace=True))
+            for _ in range(num_levels)
+        ])
+        self.fc = nn.Sequential(nn.Linear(num_heads * num_levels, 1), nn.ReLU(inplace=True))
+
+    def forward(self, attn: Tensor, shapes: Sequence[Tuple[int, int]]) -> Tensor:
+        _check_attention(attn, shapes, self.num_heads, self.num_levels)
+        batch, num_queries, num_heads, _ = attn.shape
+        tokens = attn.transpose(2, 3)  # (B, N, L, h): the per-level FCs mix heads
+        target = shapes[0]
+        maps, start = [], 0
+        for (h, w), level_fc in zip(shapes, self.level_fcs):
+            level = level_fc(tokens[:, :, start:start + h * w])
+            start += h * w
+            level = level.transpose(2, 3).reshape(-1, num_heads, h, w)
+            if (h, w) != target:
+                level = F.interpolate(level, size=target, mode='bilinear', align_corners=False)
+            maps.append(level)
+        mask = self.fc(torch.cat(maps, dim=1).permute(0, 2, 3, 1))  # (B*N, H_1, W_1, 1)
+        return mask.view(batch, num_queries, *target)
+
+
+class MaskDecoderOutput(NamedTuple):
+    """One mask-decoder step: refined queries (B, N, C), or None for the mask-only tail of
+    the released decoder, and masks (B, N, H_1, W_1)."""
+    query: Optional[Tensor]
+    masks: Tensor
+
+
+@MODELS.register_module()
+class AttentionMapTail(BaseModule):
+    """A mask from one more attention map, without the rest of a layer (release's tail).
+
+    Query/key projections only (no value, output, FFN): the logits
+    ``q k^T / sqrt(d)`` of the final queries go through their own mask head. The
+    release appends it to each mask decoder as a cheap extra mask layer; its mask is the
+    decoder's final prediction.
+
+    Shapes: query (B, N, C), memory (B, L, C). Returns (B, N, H_1, W_1).
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, mask_head: nn.Module,
+                 init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embed_dims, embed_dims)
+        self.k_proj = nn.Linear(embed_dims, embed_dims)
+        self.mask_head = mask_head
+
+    def forward(self, query: Tensor, memory: Tensor,
+                shapes: Sequence[Tuple[int, int]]) -> Tensor:
+        batch, num_queries, channels = query.shape
+        q = self.q_proj(query).view(batch, num_queries, self.num_heads, -1).transpose(1, 2)
+        k = self.k_proj(memory).view(batch, memory.shape[1], self.num_heads, -1).transpose(1, 2)
+        logits = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1]**-0.5  # (B, h, N, L)
+        return self.mask_head(logits.transpose(1, 2), shapes)
+
+
+@MODELS.register_module()
 class AttentionMaskDecoderLayer(BaseModule):
     """One mask-decoder layer: [self-attention] -> cross-attention (maps kept) -> FFN.
 
@@ -133,16 +218,20 @@ class AttentionMaskDecoderLayer(BaseModule):
         embed_dims (int): C. num_heads (int): h of the cross-attention (Table B.5).
         feedforward_channels (int): FFN hidden size. dropout (float): residual dropout.
         self_attn (bool): Add a self-attention sub-layer.
+        ffn_act_cfg (dict): FFN activation (ReLU; the release uses GELU).
+        norm_cfg (dict): Norm of the sub-layers (the release: LN with eps 1e-6).
 
-    Shapes: query/query_pos (B, N, C), memory/memory_pos (B, L, C), memory_mask (B, L)
-    True = pad, self_attn_mask (N, N) True = blocked. Returns query (B, N, C) and
-    attention logits (B, N, h, L).
+    Shapes: query (B, N, C), query_pos (B, N, C) or None (added to the attention queries
+    and keys), memory (B, L, C), memory_pos (B, L, C) or None (added to the keys),
+    memory_mask (B, L) True = pad, self_attn_mask (N, N) True = blocked. Returns query
+    (B, N, C) and attention logits (B, N, h, L).
     """
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8,
                  feedforward_channels: int = 1024, dropout: float = 0.1,
                  self_attn: bool = False, self_attn_heads: int = 8,
-                 norm_cfg=dict(type='LN'), init_cfg=None) -> None:
+                 ffn_act_cfg: dict = dict(type='ReLU', inplace=True),
+                 norm_cfg: dict = dict(type='LN'), init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.embed_dims, self.num_heads = embed_dims, num_heads
         self.self_attn = MultiheadAttention(
@@ -151,23 +240,27 @@ class AttentionMaskDecoderLayer(BaseModule):
         self.cross_attn = AttentionMapCrossAttention(embed_dims, num_heads, attn_drop=dropout)
         self.cross_drop = nn.Dropout(dropout)
         self.ffn = FFN(embed_dims=embed_dims, feedforward_channels=feedforward_channels,
-                       num_fcs=2, ffn_drop=dropout, act_cfg=dict(type='ReLU', inplace=True))
+                       num_fcs=2, ffn_drop=dropout, act_cfg=ffn_act_cfg)
         self.norms = ModuleList(
             [build_norm_layer(norm_cfg, embed_dims)[1] for _ in range(3 if self_attn else 2)])
 
-    def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                memory_mask: Optional[Tensor] = None,
+    def forward(self, query: Tensor, query_pos: Optional[Tensor], memory: Tensor,
+                memory_pos: Optional[Tensor], memory_mask: Optional[Tensor] = None,
                 self_attn_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         norms = iter(self.norms)
         if self.self_attn is not None:
             query = next(norms)(self.self_attn(
                 query=query, key=query, value=query, query_pos=query_pos, key_pos=query_pos,
                 attn_mask=self_attn_mask))
-        out, logits = self.cross_attn(query + query_pos, memory + memory_pos, memory,
-                                      key_padding_mask=memory_mask)
+        attn_query = query if query_pos is None else query + query_pos
+        key = memory if memory_pos is None else memory + memory_pos
+        out, logits = self.cross_attn(attn_query, key, memory, key_padding_mask=memory_mask)
         query = next(norms)(query + self.cross_drop(out))
         query = next(norms)(self.ffn(query))
         return query, logits
+
+
+_QUERY_POS_MODES = (None, 'attention', 'input')
 
 
 @MODELS.register_module()
@@ -177,39 +270,69 @@ class AttentionMaskDecoder(BaseModule):
     Args:
         num_layers (int): D_m (6 in the paper).
         layer_cfg (dict): :class:`AttentionMaskDecoderLayer` arguments.
-        num_levels (int): Encoder feature levels (3 for C3-C5, 4 with an extra level).
-        mask_hidden_channels (int): Hidden width of each :class:`AttentionMapToMask`.
+        num_levels (int): Encoder levels the decoder attends to: the first ``num_levels``
+            of the encoded levels (3 = C3-C5; the release encodes 4 and attends to 3).
+        mask_head (dict): Mask head type and arguments besides heads/levels:
+            :class:`AttentionMapToMask` (``hidden_channels``) or
+            :class:`LevelwiseAttentionMapToMask` (the release's).
+        tail (bool): Append the release's mask-only :class:`AttentionMapTail`; its mask
+            is then the decoder's final mask.
+        query_pos (str | None): Where query positional embeddings enter: ``'attention'``
+            (DETR: the attention queries and keys of every layer), ``'input'`` (the
+            release: added to the input of every layer, so it also flows through the
+            residual path) or None (not used).
+        memory_pos (bool): Add the encoder's positional + level embedding to the keys
+            (the release does not).
 
-    ``forward`` returns one (query (B, N, C), mask logits (B, N, H_1, W_1)) pair per layer
-    (deep supervision); ``num_layers`` < D_m runs only the first layers (Table 10).
+    ``forward`` returns one :class:`MaskDecoderOutput` per layer (deep supervision),
+    then the tail's (query None); ``num_layers`` < D_m runs only the first layers
+    (Table 10; no tail then).
     """
 
     def __init__(self, num_layers: int = 6, layer_cfg: dict = dict(), num_levels: int = 3,
-                 mask_hidden_channels: int = 8, init_cfg=None) -> None:
+                 mask_head: dict = dict(type='AttentionMapToMask', hidden_channels=8),
+                 tail: bool = False, query_pos: Optional[str] = 'attention',
+                 memory_pos: bool = True, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
         if num_layers < 1:
             raise ValueError(f'the mask decoder needs at least one layer, got {num_layers}')
-        self.num_layers = num_layers
+        if query_pos not in _QUERY_POS_MODES:
+            raise ValueError(f'query_pos must be one of {_QUERY_POS_MODES}, got {query_pos!r}')
+        self.num_layers, self.num_levels = num_layers, num_levels
+        self.query_pos, self.memory_pos = query_pos, memory_pos
         self.layers = ModuleList(
             [AttentionMaskDecoderLayer(**layer_cfg) for _ in range(num_layers)])
         self.embed_dims = self.layers[0].embed_dims
         num_heads = self.layers[0].num_heads
-        self.mask_heads = ModuleList([
-            AttentionMapToMask(num_heads, num_levels, mask_hidden_channels)
-            for _ in range(num_layers)
-        ])
+
+        def build_mask_head():
+            return MODELS.build(dict(mask_head, num_heads=num_heads, num_levels=num_levels))
+
+        self.mask_heads = ModuleList([build_mask_head() for _ in range(num_layers)])
+        self.tail = AttentionMapTail(self.embed_dims, num_heads, build_mask_head()) \
+            if tail else None
 
     def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
                 memory_mask: Optional[Tensor], spatial_shapes: Tensor,
                 self_attn_mask: Optional[Tensor] = None,
-                num_layers: Optional[int] = None) -> List[Tuple[Tensor, Tensor]]:
+                num_layers: Optional[int] = None) -> List[MaskDecoderOutput]:
+        """``memory`` (B, L, C) holds the first ``num_levels`` levels of ``spatial_shapes``
+        (num_levels, 2)."""
         num_layers = self.num_layers if num_layers is None else num_layers
         if not 1 <= num_layers <= self.num_layers:
             raise ValueError(f'num_layers must be in [1, {self.num_layers}], got {num_layers}')
         shapes = level_shapes(spatial_shapes)
+        attn_pos = query_pos if self.query_pos == 'attention' else None
+        key_pos = memory_pos if self.memory_pos else None
         outputs = []
         for layer, mask_head in zip(self.layers[:num_layers], self.mask_heads[:num_layers]):
-            query, logits = layer(query, query_pos, memory, memory_pos, memory_mask,
+            if self.query_pos == 'input':
+                query = query + query_pos
+            query, logits = layer(query, attn_pos, memory, key_pos, memory_mask,
                                   self_attn_mask)
-            outputs.append((query, mask_head(logits, shapes)))
+            outputs.append(MaskDecoderOutput(query, mask_head(logits, shapes)))
+        if self.tail is not None and num_layers == self.num_layers:
+            tail_query = query if self.query_pos is None else query + query_pos
+            key = memory if key_pos is None else memory + key_pos
+            outputs.append(MaskDecoderOutput(None, self.tail(tail_query, key, shapes)))
         return outputs

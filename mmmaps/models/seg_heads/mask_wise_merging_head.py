@@ -14,6 +14,7 @@ from mmdet.structures.mask import mask2bbox
 
 Threshold = Union[float, Dict[str, float]]
 _MERGES = ('mask_wise', 'pixel_argmax', 'pixel_argmax_prob')
+_MASK_ACTIVATIONS = ('sigmoid', 'identity')
 
 
 @MODELS.register_module()
@@ -23,15 +24,20 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
     ``test_cfg.merge`` selects the panoptic post-processing:
 
     - ``'mask_wise'`` (default, PSF Algorithm 1): each query's confidence is
-      ``s_i = p_i^alpha * mean(m_i[m_i > 0.5])^beta``; queries with ``s_i < t_cnf``
-      are dropped; in decreasing ``s_i`` order each binary mask ``m_i > 0.5`` paints
-      the pixels no earlier mask painted, and is dropped (paints nothing) when
-      that kept part is less than ``t_keep`` of its area. Things get unique
-      instance ids, all stuff pixels of one class form one segment.
-    - ``'pixel_argmax'`` ("(p)"): every pixel goes to the kept query with the
-      largest mask probability.
+      ``s_i = p_i^alpha * mean(m_i[m_i > mask_thr])^beta``; queries with
+      ``s_i < t_cnf`` are dropped; in decreasing ``s_i`` order each binary mask
+      ``m_i > mask_thr`` paints the pixels no earlier mask painted, and is dropped
+      (paints nothing) when that kept part is less than ``t_keep`` of its area.
+      Things get unique instance ids, all stuff pixels of one class form one segment.
+    - ``'pixel_argmax'`` ("(p)" of PSF Table 7 / Table B.2, DETR's rule): the queries
+      with class probability ``p_i >= t_cnf`` are kept and every pixel goes to the
+      kept query with the largest mask probability ``m_i`` (no ``mask_thr``, no
+      ``t_keep``; equal probabilities go to the larger ``p_i``). Things get instance
+      ids in order of decreasing ``p_i``, all stuff pixels of one class form one
+      segment; pixels are void only when no query is kept.
     - ``'pixel_argmax_prob'`` ("(p*)"): mmdet's MaskFormer post-processing (class
-      probability times mask probability, then argmax).
+      probability times mask probability, then argmax); softmax classes and
+      sigmoid masks only.
 
     Args (``test_cfg``):
         merge (str): One of the above.
@@ -39,17 +45,23 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         t_cnf (float | dict): Confidence threshold (0.25), or
             ``dict(thing=..., stuff=...)``.
         t_keep (float | dict): Kept-fraction threshold (0.6), same forms.
-        mask_thr (float): Binarisation threshold of mask probabilities (0.5).
+        mask_thr (float): Binarisation threshold of mask probabilities (0.5), for
+            the mask-wise merging and the instance masks.
         cls_activation (str): ``'softmax'`` (last column is "no object", as in
             Mask2Former/MAPS) or ``'sigmoid'`` (one column per class, as in
             Panoptic SegFormer).
+        mask_activation (str): ``'sigmoid'`` (default: ``mask_pred`` are logits)
+            or ``'identity'`` (``mask_pred`` are already mask probabilities, e.g.
+            the released Panoptic SegFormer weights, whose mask head ends in a
+            ReLU and whose masks are thresholded at 0.5 directly; values may
+            exceed 1, and so may the mask score of Eq. 6).
         max_per_image (int): Instances kept for instance results (100).
         panoptic_on, instance_on, semantic_on (bool): Which results to return;
             the semantic map (void = 255) is derived from the panoptic one.
             mmdet's MaskFormer detectors refuse ``sem_results``; with them the
             mIoU comes from ``PanopticSemSegMetric`` on the same panoptic map.
 
-    Shapes: ``mask_cls`` (Q, C + 1) or (Q, C), ``mask_pred`` (Q, H, W) logits.
+    Shapes: ``mask_cls`` (Q, C + 1) or (Q, C), ``mask_pred`` (Q, H, W).
     The panoptic map uses mmdet's encoding ``class + instance * INSTANCE_OFFSET``
     with ``num_classes`` for void. Runs on CPU and GPU, with zero queries or
     empty masks; the only loop is over queries (no per-pixel Python, no host
@@ -82,11 +94,19 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
             return torch.where(labels < self.num_things_classes, thing, stuff)
         return torch.full(labels.shape, float(value), device=labels.device)
 
-    def confidence(self, mask_cls: Tensor, mask_prob: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(scores s_i, labels c_i)`` of every query (Eq. 6 of PSF)."""
-        probs, labels = self.class_probs(mask_cls).max(dim=-1)
-        mask_scores = [self._mask_score(prob)[0] for prob in mask_prob]
-        return self._score(probs, mask_scores), labels
+    def _mask_activation(self) -> str:
+        activation = self._cfg('mask_activation', 'sigmoid')
+        if activation not in _MASK_ACTIVATIONS:
+            raise ValueError(f'test_cfg.mask_activation must be one of {_MASK_ACTIVATIONS}, '
+                             f'got {activation!r}')
+        return activation
+
+    def _mask_probs(self, mask_pred: Tensor) -> Tensor:
+        """Mask probabilities (..., H, W) of ``mask_pred`` (..., H, W), per
+        ``test_cfg.mask_activation``."""
+        if self._mask_activation() == 'sigmoid':
+            return mask_pred.sigmoid()
+        return mask_pred
 
     def _mask_score(self, prob: Tensor) -> Tuple[Tensor, Tensor]:
         """``(mean(m[m > thr]), m > thr)`` of one mask probability map (H, W)."""
@@ -102,17 +122,21 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
             self._cfg('beta', 2.0))
 
     def _candidates(self, mask_cls: Tensor, mask_pred: Tensor):
-        """Queries that reach ``t_cnf``: ``(scores, labels, binary masks (K, H, W))``.
+        """Queries that reach ``t_cnf``: ``(scores (K,), labels (K,), K binary masks (H, W))``.
 
-        The mask score is at most 1, so ``s_i <= p_i^alpha``: queries below the
-        threshold on class probability alone are dropped before their full-size
-        masks are touched (same result, far less work with 100-300 queries). The
-        rest are scored one mask at a time, which avoids copying them all.
+        A sigmoid mask score is at most 1, so with ``beta >= 0`` ``s_i <= p_i^alpha``:
+        queries below the threshold on class probability alone are dropped before
+        their full-size masks are touched (same result, far less work with 100-300
+        queries). The rest are scored one mask at a time, which avoids copying them all.
         """
         probs, labels = self.class_probs(mask_cls).max(dim=-1)
         t_cnf = self._per_class(self._cfg('t_cnf', 0.25), labels)
-        alive = torch.nonzero(probs.pow(self._cfg('alpha', 1.0)) >= t_cnf)[:, 0]
-        scored = [self._mask_score(mask_pred[query].sigmoid()) for query in alive.tolist()]
+        if self._mask_activation() == 'sigmoid' and self._cfg('beta', 2.0) >= 0:
+            alive = torch.nonzero(probs.pow(self._cfg('alpha', 1.0)) >= t_cnf)[:, 0]
+        else:  # masks over 1 (identity) or beta < 0 can lift s_i above p_i^alpha
+            alive = torch.arange(len(probs), device=probs.device)
+        scored = [self._mask_score(self._mask_probs(mask_pred[query]))
+                  for query in alive.tolist()]
         if not scored:
             empty = mask_pred.new_zeros((0, ) + mask_pred.shape[-2:], dtype=torch.bool)
             return probs[:0], labels[:0], empty
@@ -160,43 +184,44 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         return self._paint(panoptic, owner, labels, accepted)
 
     def panoptic_postprocess(self, mask_cls: Tensor, mask_pred: Tensor) -> PixelData:
+        """(1, H, W) int32 panoptic map of ``mask_cls`` (Q, C[+1]), ``mask_pred`` (Q, H, W)."""
         merge = self._cfg('merge', 'mask_wise')
         if merge not in _MERGES:
             raise ValueError(f'test_cfg.merge must be one of {_MERGES}, got {merge!r}')
+        mask_activation = self._mask_activation()
         if merge == 'pixel_argmax_prob':
             if self._cfg('cls_activation', 'softmax') != 'softmax':
                 raise ValueError("'pixel_argmax_prob' is mmdet's softmax post-processing")
+            if mask_activation != 'sigmoid':
+                raise ValueError("'pixel_argmax_prob' is mmdet's post-processing of mask "
+                                 "logits: it needs mask_activation='sigmoid'")
             return super().panoptic_postprocess(mask_cls, mask_pred)
         if merge == 'mask_wise':
             scores, labels, binaries = self._candidates(mask_cls, mask_pred)
             if len(binaries) == 0:
                 binaries = mask_pred.new_zeros((0, ) + mask_pred.shape[-2:], dtype=torch.bool)
             return PixelData(sem_seg=self.merge_masks(scores, labels, binaries)[None])
-        mask_prob = mask_pred.sigmoid()
-        scores, labels = self.confidence(mask_cls, mask_prob)
-        return PixelData(sem_seg=self._pixel_argmax(scores, labels, mask_prob)[None])
+        return PixelData(sem_seg=self._pixel_argmax(mask_cls, mask_pred)[None])
 
-    def _pixel_argmax(self, scores: Tensor, labels: Tensor, mask_prob: Tensor) -> Tensor:
-        """"(p)": kept queries compete per pixel on mask probability alone."""
-        height, width = mask_prob.shape[-2:]
-        panoptic = torch.full((height, width), self.num_classes, dtype=torch.int32,
-                              device=mask_prob.device)
-        keep = scores >= self._per_class(self._cfg('t_cnf', 0.25), labels)
-        if not keep.any():
+    def _pixel_argmax(self, mask_cls: Tensor, mask_pred: Tensor) -> Tensor:
+        """"(p)": (H, W) int32 panoptic map; the queries with ``p_i >= t_cnf`` compete
+        per pixel on mask probability alone."""
+        probs, labels = self.class_probs(mask_cls).max(dim=-1)
+        panoptic = torch.full(mask_pred.shape[-2:], self.num_classes, dtype=torch.int32,
+                              device=mask_pred.device)
+        kept = torch.nonzero(probs >= self._per_class(self._cfg('t_cnf', 0.25), labels))[:, 0]
+        if len(kept) == 0:
             return panoptic
-        probs, labels = mask_prob[keep], labels[keep]
-        winner = probs.argmax(0)
-        won = F.one_hot(winner, len(labels)).permute(2, 0, 1).bool()
-        won &= probs > self._cfg('mask_thr', 0.5)
-        t_keep = self._per_class(self._cfg('t_keep', 0.6), labels)
-        area = (probs > self._cfg('mask_thr', 0.5)).flatten(1).sum(1)
-        accepted = (area > 0) & (won.flatten(1).sum(1) >= t_keep * area)
-        owner = torch.where(won.any(0) & accepted[winner], winner, -1)
-        return self._paint(panoptic, owner, labels, accepted)
+        # descending p_i, so that argmax ties and the instance ids follow the class score
+        order = kept[torch.argsort(probs[kept], descending=True, stable=True)]
+        winner = self._mask_probs(mask_pred[order]).argmax(0)
+        won = torch.bincount(winner.flatten(), minlength=len(order)) > 0
+        return self._paint(panoptic, winner, labels[order], won)
 
     # ------------------------------------------------------------------ instances
     def instance_postprocess(self, mask_cls: Tensor, mask_pred: Tensor) -> InstanceData:
-        """Top ``max_per_image`` (query, thing class) pairs, scored class prob x mask score.
+        """Top ``max_per_image`` (query, thing class) pairs, scored class prob x mask score
+        ``mean(m[m > mask_thr])``; masks (N, H, W) are ``m > mask_thr``.
 
         ``test_cfg.instance_classes``: ``'all'`` (default, mmdet/detectron2 Mask2Former) takes
         the top pairs over every class and then drops stuff pairs; ``'things'`` takes them
@@ -218,9 +243,9 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         labels, queries = labels[top], top // num_columns
         thing = labels < self.num_things_classes
         scores, labels, queries = scores[thing], labels[thing], queries[thing]
-        masks = mask_pred[queries] > 0
-        mask_scores = (mask_pred[queries].sigmoid() * masks).flatten(1).sum(1) / (
-            masks.flatten(1).sum(1) + 1e-6)
+        mask_probs = self._mask_probs(mask_pred[queries])
+        masks = mask_probs > self._cfg('mask_thr', 0.5)
+        mask_scores = (mask_probs * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
         results = InstanceData()
         results.bboxes = mask2bbox(masks)
         results.labels = labels

@@ -1,6 +1,6 @@
 """Per-image ground truth of Panoptic SegFormer: things, stuff and their loss weights."""
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from mmengine.structures import InstanceData
@@ -8,6 +8,7 @@ from torch import Tensor
 
 from mmdet.structures import DetDataSample
 from mmdet.structures.mask import mask2bbox
+from mmdet.utils import reduce_mean
 
 WEIGHTINGS = (None, 'count', 'area')
 
@@ -36,12 +37,9 @@ class PanopticTargets:
         input pixels, masks (n_th, H_pad, W_pad) bool, centers (n_th, 2) normalised.
     stuff: InstanceData with labels (n_st,) in [num_things, num_classes) and masks
         (n_st, H_pad, W_pad) bool, one segment per stuff class present.
-    thing_weight, stuff_weight: lambda_things and lambda_stuff of Eq. 3 for this image.
     """
     things: InstanceData
     stuff: InstanceData
-    thing_weight: float
-    stuff_weight: float
 
     def joint(self) -> InstanceData:
         """Things and stuff as one set (joint matching, Table 8), stuff boxes from masks."""
@@ -53,30 +51,41 @@ class PanopticTargets:
             centers=torch.cat([self.things.centers, self.stuff.centers]))
 
 
-def loss_weights(things: InstanceData, stuff: InstanceData,
-                 weighting: Optional[str]) -> Tuple[float, float]:
-    """lambda_things, lambda_stuff: proportions of things and stuff (summing to 1), or 1, 1.
+def batch_loss_weights(targets: List[PanopticTargets],
+                       weighting: Optional[str]) -> Tuple[float, float]:
+    """lambda_things, lambda_stuff of Eq. 3: proportions of things and stuff in the batch.
 
-    ``'count'`` uses numbers of segments, ``'area'`` their pixel areas; an image without
-    any segment gets 0.5 / 0.5.
+    ``'count'`` compares numbers of segments, ``'area'`` their pixel areas; None gives
+    1, 1. The statistics are summed over the images and averaged over the ranks (the
+    global batch, as the authors' release does), so the weights are the same on every
+    rank. A query set without any ground truth in the global batch counts as one
+    segment (``'count'``: 1, ``'area'``: the mean segment area of the batch): a crop
+    without stuff still trains every stuff query as a negative instead of giving the
+    whole set a weight of 0 (the release clamps its counts at 1 for the same reason).
     """
     if weighting is None:
         return 1.0, 1.0
-    if weighting == 'count':
-        num_things, num_stuff = float(len(things)), float(len(stuff))
-    elif weighting == 'area':
-        num_things = float(things.masks.sum()) if len(things) else 0.0
-        num_stuff = float(stuff.masks.sum()) if len(stuff) else 0.0
-    else:
+    if weighting not in WEIGHTINGS:
         raise ValueError(f'thing/stuff weighting must be one of {WEIGHTINGS}, got {weighting!r}')
-    total = num_things + num_stuff
-    if total == 0:
-        return 0.5, 0.5
-    return num_things / total, num_stuff / total
+    stats = torch.zeros(4)
+    for target in targets:
+        stats += torch.tensor([
+            len(target.things), len(target.stuff),
+            float(target.things.masks.sum()) if len(target.things) else 0.0,
+            float(target.stuff.masks.sum()) if len(target.stuff) else 0.0])
+    device = targets[0].things.labels.device if targets else 'cpu'
+    num_things, num_stuff, area_things, area_stuff = reduce_mean(stats.to(device)).tolist()
+    if weighting == 'count':
+        things, stuff, unit = num_things, num_stuff, 1.0
+    else:
+        things, stuff = area_things, area_stuff
+        unit = (things + stuff) / max(num_things + num_stuff, 1e-6) or 1.0
+    things, stuff = things or unit, stuff or unit
+    return things / (things + stuff), stuff / (things + stuff)
 
 
-def build_panoptic_targets(data_sample: DetDataSample, num_things: int, num_stuff: int,
-                           weighting: Optional[str] = 'count') -> PanopticTargets:
+def build_panoptic_targets(data_sample: DetDataSample, num_things: int,
+                           num_stuff: int) -> PanopticTargets:
     """Split mmdet's panoptic ground truth (``gt_instances`` + ``gt_sem_seg``) per query set.
 
     Things come from ``gt_instances`` (labels, boxes, masks padded by the data
@@ -105,5 +114,4 @@ def build_panoptic_targets(data_sample: DetDataSample, num_things: int, num_stuf
         masks = thing_masks.new_zeros((0, *thing_masks.shape[-2:]))
     stuff = InstanceData(labels=torch.tensor(stuff_labels, dtype=torch.long, device=device),
                          masks=masks, centers=mask_mass_centers(masks, img_shape))
-    thing_weight, stuff_weight = loss_weights(things, stuff, weighting)
-    return PanopticTargets(things, stuff, thing_weight, stuff_weight)
+    return PanopticTargets(things, stuff)
