@@ -4,6 +4,7 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.dataset import pseudo_collate
 from mmengine.structures import InstanceData, PixelData
 
 from mmdet.registry import MODELS, TASK_UTILS
@@ -186,3 +187,45 @@ def test_positional_embeddings_enter_where_configured():
         assert not torch.allclose(run(decoder, pos, mem_pos)[0], run(decoder, pos * 3, mem_pos)[0])
     with pytest.raises(ValueError, match='query_pos'):
         AttentionMaskDecoder(1, layer, num_levels=2, query_pos='keys')
+
+
+@pytest.mark.parametrize('config', [
+    'panoptic-segformer_r18_synthetic.py', 'panoptic-segformer-release_r18_synthetic.py',
+    'panoptic-segformer_r50_8xb1-24e_coco-panoptic.py'])
+def test_stuff_only_images_stay_in_training(synthetic_root, tmp_path, config):
+    """An image whose segments are all stuff is kept in the training set (the release's
+    filter_empty_gt=False; mmdet's COCO config drops it) and trains a step."""
+    import json
+    from mmdet.registry import DATASETS
+    with open(osp.join(synthetic_root, 'annotations', 'panoptic_train.json')) as f:
+        coco = json.load(f)
+    thing_ids = {c['id'] for c in coco['categories'] if c['isthing']}
+    first = coco['annotations'][0]
+    first['segments_info'] = [s for s in first['segments_info']
+                              if s['category_id'] not in thing_ids]
+    assert first['segments_info'], 'the fabricated image needs stuff'
+    ann_file = tmp_path / 'stuff_only.json'
+    ann_file.write_text(json.dumps(coco))
+    cfg = load_config_with_root(osp.join(PSF_DIR, config), synthetic_root)
+    assert cfg.train_dataloader.dataset.filter_cfg.filter_empty_gt is False
+    tiny = load_config_with_root(osp.join(PSF_DIR, 'panoptic-segformer_r18_synthetic.py'),
+                                 synthetic_root)
+    dataset_cfg = dict(tiny.train_dataloader.dataset, ann_file=str(ann_file),
+                       filter_cfg=cfg.train_dataloader.dataset.filter_cfg)
+    register_all_modules()
+    dataset = DATASETS.build(dataset_cfg)
+    assert len(dataset) == len(coco['images'])
+    dropped = DATASETS.build(dict(dataset_cfg, filter_cfg=dict(filter_empty_gt=True)))
+    assert len(dropped) == len(coco['images']) - 1  # mmdet's filter would drop it
+    if config.endswith('_synthetic.py'):
+        builder = build_release if 'release' in config else build_psf
+        model, _ = builder(synthetic_root)
+        ids = [dataset.get_data_info(i)['img_id'] for i in range(len(dataset))]
+        sample = dataset[ids.index(first['image_id'])]
+        data = model.data_preprocessor(pseudo_collate([sample]), True)
+        assert len(data['data_samples'][0].gt_instances) == 0
+        model.train()
+        losses = model(**data, mode='loss')
+        total = sum(v for k, v in losses.items() if 'loss' in k)
+        assert torch.isfinite(total) and total > 0
+        total.backward()
