@@ -14,6 +14,8 @@ fabricated data of COCO train2017's size (118,287 images, ~160 KB each, ~19 GB):
 3. every later run: a ``stat`` per file and a cache look-up (measured on all files, made
    small: the cached path never reads them).
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import os

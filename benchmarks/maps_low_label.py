@@ -17,6 +17,8 @@ Runs ``--jobs`` trainings at a time, each with one thread (two processes with to
 threads on 2 cores slow each other down by an order of magnitude). Writes
 ``WORK_DIR/results.json`` and, with ``--publish``, ``benchmarks/results/maps_low_label.{json,md}``.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import os

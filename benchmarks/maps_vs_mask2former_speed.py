@@ -9,6 +9,8 @@ then times on the same batches: a training step (forward + backward) and a test 
 the baseline and of MAPS, MAPS once reading the query keys from the cache and once running
 the frozen CLIP encoder on the images. Prints median times and MAPS / Mask2Former ratios.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import os
 import os.path as osp

@@ -8,6 +8,8 @@ the other queries unconfident with mostly negative masks; logits made at 1/4 res
 upsampled (bilinearly, as ``predict`` does) to the output size. Both heads get the same tensors; only the panoptic post-processing is timed
 (median of --reps runs). Prints ms per image and the ratio mmdet / mask-wise.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import os.path as osp
 import sys

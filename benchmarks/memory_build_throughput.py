@@ -8,6 +8,8 @@ already-decoded images (the floor), and (b) the whole ``MemoryBuilder`` path: im
 decoding, encoding, segment pooling, chunk checkpoints, merge, FAISS index and manifest.
 Prints images/s of both and their ratio (1.0 = no overhead beyond the encoders).
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import os
 import os.path as osp

@@ -7,6 +7,8 @@ perturbed keys. Recall@k is measured against IndexFlatIP on the same bank; laten
 wall time of ``MemoryRetriever.query`` for one batch (search + gathering scene and object
 values from the memory-mapped CSR bank), median over many batches.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import hashlib
 import os.path as osp

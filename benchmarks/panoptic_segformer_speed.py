@@ -13,6 +13,8 @@ queries plus one stuff query per class) on ``--size`` x ``--size`` synthetic ima
 
 Prints medians and ratios to the unfiltered / full-depth model.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import os.path as osp

@@ -26,6 +26,8 @@ difference from panopticapi over the 9 headline numbers (PQ/SQ/RQ of All/Things/
 and over the per-class PQ/SQ/RQ, as fractions (multiply by 100 for mmdet's percent).
 All output of the evaluators themselves (their progress lines) is silenced.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import contextlib
 import json

@@ -11,6 +11,8 @@ filter's (paper-text config: 46 + 53 = 99; release: up to 100 thing queries from
 Hungarian rounds, plus 53 stuff queries in their own decoder). Weights, optimizer state,
 the backbone, the deformable encoder and the location decoder are not counted.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import math

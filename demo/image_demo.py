@@ -14,6 +14,8 @@ scenes the model retrieved for this image beside the overlay, with their similar
 scores; their files come from the bank's manifest and the config's train dataset
 (``data_root`` + ``data_prefix.img``).
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import os.path as osp
 import sys

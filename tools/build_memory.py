@@ -19,17 +19,31 @@ over all keys). The parent is left untouched; the new root's manifest records
 the lineage. Image ids already in the parent, or a config whose encoders / value
 dtype / index differ from the parent's, are refused before anything is written.
 ``--resume``, ``--shard``/``--merge`` and torchrun work as for a build.
+
+The source split is checked first (``mmmaps.datasets.validation``; the same checks
+as ``tools/analysis/check_dataset.py``): any problem (segment missing from its PNG,
+non-RGB PNG, duplicate image id, unknown category, degenerate image, ...) stops
+the build naming the files and image ids. ``--skip-invalid-images`` leaves those
+images out instead and lists them in ``OUT.invalid_images.json``.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
+import atexit
 import os
 import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
+from mmmaps.datasets.validation import DatasetValidationError
 from mmmaps.memory.builder import (MemoryAppender, MemoryBuilder, MemoryBuildError, parse_shard,
                                    wait_for_chunks)
-from mmmaps.memory.storage import MemoryBankError
+from mmmaps.memory.storage import MANIFEST, MemoryBankError
+from mmmaps.utils.output_dirs import OutputOwnershipError, check_output_dir, output_state
+
+# what a memory root holds (merge/append); anything else in --out belongs to someone else
+MEMORY_ENTRIES = (MANIFEST, 'scene', 'object', 'query_cache')
 
 
 def parse_args(argv=None):
@@ -42,13 +56,17 @@ def parse_args(argv=None):
     parser.add_argument('--resume', action='store_true',
                         help='continue a partial build found in OUT.build/')
     parser.add_argument('--force', action='store_true',
-                        help='rebuild even if OUT is up to date; discard a partial build')
+                        help='replace the memory already in OUT (also when up to date); '
+                        'discard a partial build')
     parser.add_argument('--shard', help='encode only shard i of n (i/n); merge later with --merge')
     parser.add_argument('--merge', action='store_true',
                         help='merge the chunks of all shards into the banks')
     parser.add_argument('--query-cache-only', action='store_true',
                         help='only encode the query keys (e.g. --split val for faster testing)')
     parser.add_argument('--device', help='encoder device (default: cuda if available)')
+    parser.add_argument('--skip-invalid-images', action='store_true',
+                        help='leave out the images that fail the dataset checks (listed in '
+                        'OUT.invalid_images.json) instead of stopping with an error')
     append = parser.add_argument_group(
         'append', 'write a new memory (--out) = an existing one + the images of another '
         'COCO-panoptic annotation file, encoding only the new images')
@@ -78,6 +96,14 @@ def parse_args(argv=None):
     return args
 
 
+def _check_replace(out, args):
+    """Publishing replaces ``out``: only a memory written here, and only with --force."""
+    sharded = args.merge or args.shard or int(os.environ.get('WORLD_SIZE', '1')) > 1
+    hint = 'rerun with --merge --force' if sharded else 'pass --force'
+    check_output_dir(out, (MANIFEST,), 'MAPS memory', args.force, MEMORY_ENTRIES,
+                     force_hint=f'{hint} to replace it, or choose another --out')
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not os.path.isfile(args.config):
@@ -105,11 +131,19 @@ def main(argv=None):
         if not parent:
             raise MemoryBuildError('--append: memory.root is not set; pass --parent ROOT')
         builder = MemoryAppender(cfg, parent, args.source_ann, args.img_prefix,
-                                 args.seg_prefix, out=args.out, device=device)
+                                 args.seg_prefix, out=args.out, device=device,
+                                 skip_invalid_images=args.skip_invalid_images)
     else:
         builder = MemoryBuilder(cfg, split=args.split, out=args.out, device=device,
-                                query_cache_only=args.query_cache_only)
+                                query_cache_only=args.query_cache_only,
+                                skip_invalid_images=args.skip_invalid_images)
+    # refuse a foreign --out before any encoding; an older memory needs --force (at merge)
+    state = output_state(builder.out, (MANIFEST,), 'MAPS memory', MEMORY_ENTRIES)
+    if shard is None or (world > 1 and rank == 0):  # one build/merge of OUT at a time
+        atexit.register(builder.lock().acquire().release)  # a killed owner leaves it stale
+        builder.clean_leftovers()
     if not args.merge and not args.force and shard is None and builder.is_up_to_date():
+        builder.clean_leftovers(published_intact=True)
         print_log(f'{builder.out} is up to date (same dataset, encoders and settings); '
                   'pass --force to rebuild', logger='current')
         return builder.out
@@ -126,6 +160,8 @@ def main(argv=None):
     if args.merge:
         stats = {}
     else:
+        if state == 'owned' and not args.force and shard is None:
+            _check_replace(builder.out, args)
         if args.force and shard is not None:
             sys.exit('--force would delete the chunks of the other shards; remove OUT.build/ '
                      'by hand to restart a sharded build')
@@ -146,6 +182,7 @@ def main(argv=None):
         if rank != 0:
             return None
         wait_for_chunks(builder)
+    _check_replace(builder.out, args)
     out = builder.merge(stats)
     print_log(f'memory written to {out}', logger='current')
     from mmmaps.memory.memory_root import MemoryRoot
@@ -156,5 +193,6 @@ def main(argv=None):
 if __name__ == '__main__':
     try:
         main()
-    except (MemoryBuildError, MemoryBankError, FileNotFoundError) as exc:
+    except (MemoryBuildError, MemoryBankError, FileNotFoundError, OutputOwnershipError,
+            DatasetValidationError) as exc:
         sys.exit(f'build_memory.py: error: {exc}')

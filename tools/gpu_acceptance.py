@@ -26,6 +26,8 @@ traceback and the others still run):
 2k keys, bf16 autocast on the CPU, no CUDA kernel comparison) so the test suite keeps the
 script working between the sessions that have a GPU.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import contextlib
 import itertools

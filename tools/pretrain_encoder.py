@@ -15,6 +15,8 @@ when ``--eval-ann`` exists, scene-retrieval quality next to random initialisatio
 written under temporary names and renamed. A checkpoint whose parameters and pool match is
 reused unless ``--force``.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import hashlib
 import json
@@ -62,7 +64,8 @@ def parse_args(argv=None):
                         help='image folder of --eval-ann (default: data/synthetic/<split>)')
     parser.add_argument('--no-reference', action='store_true',
                         help=f'do not measure the random-init {REFERENCE_ARCH} reference')
-    parser.add_argument('--force', action='store_true', help='retrain even if cached')
+    parser.add_argument('--force', action='store_true',
+                        help='retrain even if cached; overwrite a foreign file at OUT')
     return parser.parse_args(argv)
 
 
@@ -78,8 +81,17 @@ def pool_digest(files):
 
 def ensure_default_pool(size):
     from mmmaps.datasets.synthetic_panoptic import generate_synthetic_panoptic
-    meta = generate_synthetic_panoptic(DEFAULT_POOL, num_train=size, num_val=1,
-                                       seed=DEFAULT_POOL_SEED, progress=True)
+    from mmmaps.utils.output_dirs import OutputOwnershipError
+    kwargs = dict(num_train=size, num_val=1, seed=DEFAULT_POOL_SEED, progress=True)
+    try:
+        meta = generate_synthetic_panoptic(DEFAULT_POOL, **kwargs)
+    except OutputOwnershipError:
+        # the default pool is this tool's cache: one of other parameters is regenerated
+        # (a folder that is not a generated dataset is still refused)
+        try:
+            meta = generate_synthetic_panoptic(DEFAULT_POOL, force=True, **kwargs)
+        except OutputOwnershipError as err:
+            sys.exit(f'pretrain_encoder.py: error: {err}')
     print(f'pool: {DEFAULT_POOL}/train ({size} generated images, seed {DEFAULT_POOL_SEED}, '
           f'{"reused" if meta["reused"] else "generated"})')
     return osp.join(DEFAULT_POOL, 'train')
@@ -156,8 +168,38 @@ def save_state_dict(state_dict, path):
     write_bytes(path, buffer.getvalue())
 
 
+def check_out_file(out, force):
+    """Message why ``out`` may not be written, or None.
+
+    ``out`` written here has its ``out.json`` (with the training ``params``) beside it;
+    any other file of that name (or of ``out.json``) is only overwritten with ``--force``,
+    and a folder never.
+    """
+    meta_file = out + '.json'
+    for path in (out, meta_file):
+        if osp.isdir(path) or osp.islink(path):
+            return (f'refusing to write {path}: it is a '
+                    f'{"symbolic link" if osp.islink(path) else "folder"}, not a checkpoint '
+                    'written by this tool; nothing was changed. Choose another --out')
+    if force or not (osp.lexists(out) or osp.lexists(meta_file)):
+        return None
+    try:
+        with open(meta_file) as f:
+            ours = isinstance(json.load(f).get('params'), dict) and osp.isfile(out)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if ours:
+        return None
+    return (f'refusing to overwrite {out} / {meta_file}: they are not a checkpoint and its '
+            'record written by this tool; nothing was changed. Pass --force to overwrite them, '
+            'or choose another --out')
+
+
 def main(argv=None):
     args = parse_args(argv)
+    refusal = check_out_file(args.out, args.force)
+    if refusal:
+        sys.exit(f'pretrain_encoder.py: error: {refusal}')
     import torch
     from mmmaps.memory.encoders.self_supervised import (build_open_clip_model, list_images,
                                                         load_image_pool, pretrain_clip_visual,

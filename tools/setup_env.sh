@@ -15,6 +15,10 @@
 # (a stamp records their checksum) and the key imports work, only the editable install
 # of this checkout is refreshed, which takes seconds.
 #
+# One venv serves every checkout; its editable install is the checkout set up last. The
+# scripts under tools/, demo/ and benchmarks/ import their own checkout regardless, and
+# `import mmmaps` refuses another checkout's package (mmmaps/utils/checkout.py).
+#
 # Environment variables:
 #   MMMAPS_VENV   venv location              (default: ~/.cache/mmmaps/venv for the default
 #                                             line, ~/.cache/mmmaps/venv-torchLINE-pyX.Y else)
@@ -41,7 +45,7 @@ while (($#)); do
     --print-venv) PRINT_VENV=1; shift ;;
     --torch) TORCH_LINE=${2:-}; shift 2 ;;
     --python) PY_VERSION=${2:-}; shift 2 ;;
-    -h|--help) sed -n 2,27p "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n 2,29p "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "setup_env: unknown argument '$1' (expected --tests, --optional, --torch LINE," \
             "--python X.Y or --print-venv)" >&2; exit 2 ;;
   esac
@@ -231,6 +235,14 @@ CURRENT=$(cd / && "$PY" -c "import importlib.util as u; s = u.find_spec('mmmaps'
 if [[ $CURRENT == "$ROOT/mmmaps/__init__.py" ]]; then
   echo "    already installed from this checkout"
 else
+  # The venv is shared: say whose install this replaces (scripts under tools/, demo/ and
+  # benchmarks/ import their own checkout whatever is installed; mmmaps/utils/checkout.py).
+  PREVIOUS=$(cd / && "$PY" -c "import json, importlib.metadata as m, urllib.parse as u
+d = json.loads(m.distribution('mmmaps').read_text('direct_url.json') or '{}')
+print(u.unquote(u.urlparse(d.get('url', '')).path))" 2>/dev/null || true)
+  if [[ -n $PREVIOUS && $PREVIOUS != "$ROOT" ]]; then
+    echo "    the environment's mmmaps was the editable install of $PREVIOUS$([[ -d $PREVIOUS ]] || echo ' (no longer exists)'); now $ROOT"
+  fi
   run_logged "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 fi
 

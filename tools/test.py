@@ -11,6 +11,8 @@ plus newly labelled images, ``tools/build_memory.py CONFIG --append``). It is
 which memory (recorded in the checkpoint meta) the new one replaces; a memory
 built with other encoders or dimensions is refused.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import os
@@ -46,6 +48,10 @@ def parse_args(argv=None):
         '--memory', metavar='DIR',
         help='MAPS: evaluate with this memory root instead of memory.root (the checkpoint '
         'meta records the training memory; encoders and dimensions must match it)')
+    parser.add_argument(
+        '--allow-incompatible-memory', action='store_true',
+        help='MAPS: run (with a loud warning) although the memory was built with other '
+        'encoders or dimensions than the checkpoint was trained with (default: refuse)')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir',
                         help='save painted predictions to WORK_DIR/TIMESTAMP/SHOW_DIR')
@@ -122,6 +128,13 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     if args.memory:
         _swap_memory(cfg, args.memory, args.config)
+    if args.allow_incompatible_memory:
+        hooks = [h for h in (cfg.get('custom_hooks') or []) if _is_memory_hook(h)]
+        if not hooks:
+            raise ValueError(f'--allow-incompatible-memory needs a MAPS config; {args.config} '
+                             'has no MemoryHook in custom_hooks')
+        for hook in hooks:
+            hook['allow_incompatible_memory'] = True
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     if args.panoptic_out:

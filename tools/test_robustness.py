@@ -60,6 +60,8 @@ clean set is always evaluated once). Corruption is per image deterministic (seed
 from ``--seed``, the corruption, the severity and the image's file name), so results
 do not depend on the number of GPUs, workers or the data order.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 import copy
 import gc

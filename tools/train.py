@@ -1,4 +1,6 @@
 """Train a model (mmdet conventions): ``python tools/train.py CONFIG [--work-dir DIR]``."""
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
 import argparse
 
 from mmengine.registry import RUNNERS

@@ -18,7 +18,8 @@ evaluators of ``configs/_base_/datasets/{ade20k,cityscapes}_panoptic.py`` read:
 Image ids are 1..N in sorted file order. Outputs are written into a hidden staging folder
 beside their targets and renamed into place when a split is complete (the panoptic JSON
 last), so an interrupted run never leaves a half-written split; existing outputs are only
-replaced with ``force=True``.
+replaced with ``force=True``, and only those a converter wrote: each published PNG folder holds
+a small ``.mmmaps_output`` file naming the outputs of its split.
 
 ADE20K native format (ADEChallengeData2016 and the instance annotations of the Places
 Challenge 2017 instance segmentation track, https://github.com/CSAILVision/placeschallenge):
@@ -60,6 +61,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+
+from mmmaps.utils.output_dirs import OUTPUT_MARKER, OutputOwnershipError, describe_contents
 
 # ---------------------------------------------------------------------------
 # ADE20K (SceneParse150)
@@ -262,6 +265,12 @@ class _Staging:
         return osp.join(self.dir, name)
 
     def publish(self) -> None:
+        # the targets may have changed during the conversion: still only replace our own
+        _check_targets(self.out_dir, self.targets, force=True)
+        # the marker also keeps vouching for outputs of an earlier run this one leaves alone
+        kept = _owned_outputs(self.out_dir, self.targets)
+        with open(osp.join(self.path(self.targets[0]), OUTPUT_MARKER), 'w') as f:
+            json.dump(dict(outputs=sorted(kept | set(self.targets))), f)
         old = tempfile.mkdtemp(prefix=f'.{self.tag}.old-', dir=self.out_dir)
         for name in self.targets:
             final = osp.join(self.out_dir, name)
@@ -275,11 +284,50 @@ class _Staging:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _check_targets(out_dir: str, targets: Sequence[str], force: bool) -> None:
-    existing = [osp.join(out_dir, t) for t in targets if osp.lexists(osp.join(out_dir, t))]
+def _owned_outputs(out_dir: str, targets: Sequence[str]) -> set:
+    """Names in ``out_dir`` that the marker of a published PNG folder among ``targets``
+    vouches for (that folder, its JSONs)."""
+    owned = set()
+    for name in targets:
+        folder = osp.join(out_dir, name)
+        marker = osp.join(folder, OUTPUT_MARKER)
+        if osp.islink(folder) or not osp.isfile(marker):
+            continue
+        try:
+            with open(marker) as f:
+                outputs = json.load(f)['outputs']
+        except (ValueError, KeyError, TypeError):
+            continue
+        if name in outputs:
+            owned.update(n for n in outputs if osp.lexists(osp.join(out_dir, n)))
+    return owned
+
+
+def _check_targets(out_dir: str, targets: Sequence[str], force: bool) -> set:
+    """Refuse existing targets without ``force``, and foreign ones (not written by a
+    converter) always; returns the existing targets that may be replaced."""
+    existing = [t for t in targets if osp.lexists(osp.join(out_dir, t))]
     if existing and not force:
-        raise FileExistsError(f'{", ".join(existing)} already exist(s); pass --force '
-                              '(force=True) to replace')
+        raise FileExistsError(f'{", ".join(osp.join(out_dir, t) for t in existing)} already '
+                              'exist(s); pass --force (force=True) to replace')
+    owned = _owned_outputs(out_dir, targets)
+    foreign = []
+    for name in existing:
+        if name in owned:
+            continue
+        path = osp.join(out_dir, name)
+        if osp.islink(path):
+            foreign.append(f'{path} (a symbolic link)')
+        elif osp.isdir(path):
+            foreign.append(f'{path} (a folder holding {describe_contents(path)})')
+        else:
+            foreign.append(f'{path} (a file)')
+    if foreign:
+        raise OutputOwnershipError(
+            f'refusing to replace {"; ".join(foreign)} in {out_dir}: not written by this '
+            f'converter (no {OUTPUT_MARKER} of its PNG folder names it), so nothing was '
+            'removed. Choose another --out, or move it away yourself')
+    return set(existing)
 
 
 def _map(fn, tasks: list, nproc: int, desc: str, progress: bool):

@@ -32,6 +32,8 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
+from mmmaps.utils.output_dirs import check_output_dir
+
 # ---------------------------------------------------------------------------
 # Classes. Things first, then stuff (the order mmdet's panoptic heads expect);
 # COCO category id = contiguous index + 1.
@@ -334,7 +336,12 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
     """Write the dataset to ``out`` (atomically: built next to it, then renamed).
 
     If ``out`` already holds a dataset generated with the same parameters it is
-    kept as is, unless ``force``.
+    kept as is, unless ``force``. A dataset of other parameters is only replaced
+    with ``force``; anything but an empty folder or a dataset written here (its
+    ``synthetic_meta.json`` and nothing foreign) is never replaced.
+
+    Raises:
+        OutputOwnershipError: ``out`` cannot or may not (without ``force``) be replaced.
 
     Returns:
         dict: the generation parameters and per-split scene counts (also saved as
@@ -354,6 +361,14 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
         if existing.get('params') == params:
             existing['reused'] = True
             return existing
+
+    def check_out():
+        return check_output_dir(
+            out, ('synthetic_meta.json',), 'synthetic panoptic dataset', force,
+            allowed=('synthetic_meta.json', 'annotations') + SPLITS,
+            force_hint='pass --force (force=True) to replace it with these parameters')
+
+    check_out()
     parent = osp.dirname(osp.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.' + osp.basename(osp.abspath(out)) + '.partial-',
@@ -369,7 +384,8 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
                     thing_classes=list(THING_CLASSES), stuff_classes=list(STUFF_CLASSES))
         with open(osp.join(tmp, 'synthetic_meta.json'), 'w') as f:
             json.dump(meta, f, indent=2)
-        if osp.exists(out):
+        # again: ``out`` may have changed while the dataset was generated
+        if check_out() != 'absent':
             old = tempfile.mkdtemp(prefix='.' + osp.basename(osp.abspath(out)) + '.old-',
                                    dir=parent)
             os.rename(out, osp.join(old, 'data'))
@@ -382,4 +398,3 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
         raise
     meta['reused'] = False
     return meta
-

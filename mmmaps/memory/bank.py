@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from .faiss_index import build_index, configure_search, normalize_index_cfg, to_gpu_if_possible
+from .manifest_schema import validate_bank_manifest
 from .storage import (MANIFEST, MemoryBankError, atomic_directory, check_files, file_records,
                       read_manifest, save_npy, write_json)
 
@@ -251,6 +252,7 @@ class MemoryBank:
         path = osp.abspath(path)
         manifest, manifest_sha256 = read_manifest(path, FORMAT_NAME, FORMAT_VERSION,
                                                   'memory bank')
+        validate_bank_manifest(path, manifest)  # before anything is memory-mapped
         check_files(path, manifest, verify)
 
         def npy(name):

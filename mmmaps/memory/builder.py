@@ -20,7 +20,9 @@ import logging
 import os
 import os.path as osp
 import shutil
+import socket
 import time
+import zipfile
 from typing import List, Optional, Tuple
 
 import mmcv
@@ -38,7 +40,7 @@ from .image_identity import ImageIdentities, identities_digest
 from .memory_root import FORMAT_NAME, FORMAT_VERSION, MemoryRoot, read_root_manifest
 from .query_cache import QueryEmbeddingCache
 from .segment_pooling import pool_segments, rgb_to_panoptic_id
-from .storage import atomic_directory, write_json
+from .storage import MemoryBankError, atomic_directory, write_json
 
 DEFAULT_BUILD = dict(batch_size=8, chunk_size=64, num_workers=2)
 
@@ -127,10 +129,14 @@ class MemoryBuilder:
         out (str, optional): Output directory (default ``memory.root``).
         device (str, optional): Encoder device (default: cuda when available).
         query_cache_only (bool): Only encode query keys (e.g. for a val split).
+        skip_invalid_images (bool): Leave out the images that fail the dataset
+            checks (:mod:`mmmaps.datasets.validation`) and list them in
+            ``<out>.invalid_images.json``, instead of refusing the dataset.
     """
 
     def __init__(self, cfg: Config, split: str = 'train', out: Optional[str] = None,
-                 device: Optional[str] = None, query_cache_only: bool = False):
+                 device: Optional[str] = None, query_cache_only: bool = False,
+                 skip_invalid_images: bool = False):
         self.cfg = cfg
         self.memory = memory_cfg_of(cfg)
         self.split = split
@@ -139,7 +145,9 @@ class MemoryBuilder:
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         self.query_cache_only = query_cache_only
         self.options = dict(DEFAULT_BUILD, **self.memory.get('build', {}))
-        self.records, self.source = load_panoptic_records(cfg, split)
+        self.records, self.source = load_panoptic_records(
+            cfg, split, skip_invalid=skip_invalid_images,
+            report_file=self.out + '.invalid_images.json')
         if not self.records:
             raise MemoryBuildError(f'the {split} dataset has no images')
         self._check_records()
@@ -193,12 +201,102 @@ class MemoryBuilder:
         return [j for j in range(len(self.chunks)) if osp.isfile(self._chunk_path(j))]
 
     def is_up_to_date(self) -> bool:
+        """The published memory has this plan *and* every file matches its checksum (what
+        the MemoryHook checks): a damaged memory is not up to date (logged, naming why)."""
         if not osp.isfile(osp.join(self.out, 'manifest.json')):
             return False
         try:
-            return read_root_manifest(self.out).get('plan') == self._plan_as_saved()
-        except Exception:
+            if read_root_manifest(self.out).get('plan') != self._plan_as_saved():
+                return False
+            MemoryRoot(self.out, verify=True)
+        except MemoryBankError as exc:
+            print_log(f'{self.out} is damaged, it will be rebuilt: {exc}', logger='current',
+                      level=logging.WARNING)
             return False
+        return True
+
+    def check_chunks(self) -> List[str]:
+        """Delete (to re-encode) the finished chunks that do not read back whole; returns
+        one line per deleted chunk, naming its path and the problem (also logged)."""
+        bad = []
+        for j in self.done_chunks():
+            path = self._chunk_path(j)
+            problem = self._chunk_problem(j)
+            if problem:
+                os.remove(path)
+                bad.append(f'{path}: {problem}')
+                print_log(f'chunk {path} is damaged ({problem}); it will be re-encoded',
+                          logger='current', level=logging.WARNING)
+        return bad
+
+    def _chunk_problem(self, j: int) -> Optional[str]:
+        """Why chunk ``j`` is unusable (truncated, corrupt, wrong images), or None."""
+        start, stop = self.chunks[j]
+        need = ['keys', 'image_ids', 'identities']
+        if self.dense_encoder is not None:
+            need += ['counts', 'values', 'category_ids', 'is_thing', 'segment_ids', 'areas',
+                     'skipped']
+        try:
+            with zipfile.ZipFile(self._chunk_path(j)) as archive:
+                broken = archive.testzip()
+                if broken is not None:
+                    return f'member {broken} fails its CRC check'
+            with np.load(self._chunk_path(j), allow_pickle=False) as data:
+                missing = [k for k in need if k not in data.files]
+                if missing:
+                    return f'arrays {missing} missing'
+                ids = data['image_ids']
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            return f'{type(exc).__name__}: {exc}'
+        expected = [r['img_id'] for r in self.records[start:stop]]
+        if ids.tolist() != expected:
+            return f'holds image ids {ids.tolist()[:5]}..., expected {expected[:5]}...'
+        return None
+
+    def lock(self) -> 'BuildLock':
+        """The lock of this output (``<out>.lock``): one build/merge of ``out`` at a time."""
+        return BuildLock(self.out + '.lock')
+
+    def clean_leftovers(self, published_intact: bool = False) -> List[str]:
+        """Remove what killed runs left (call while holding :meth:`lock`): temporary
+        directories of interrupted merges/publishes beside ``out`` (``.<out>.partial-*``,
+        ``.<out>.old-*``), temporary chunk files, and a ``.build/`` without a plan, or whose
+        plan is that of the published memory when ``published_intact`` (the merge was killed
+        while cleaning up; see :meth:`is_up_to_date`). Returns the removed paths."""
+        parent, base = osp.dirname(self.out), osp.basename(self.out)
+        removed = []
+        if osp.isdir(parent):
+            for name in sorted(os.listdir(parent)):
+                if name.startswith((f'.{base}.partial-', f'.{base}.old-')):
+                    removed.append(osp.join(parent, name))
+        chunks = osp.join(self.build_dir, 'chunks')
+        if osp.isdir(chunks):  # temporary chunks of dead processes of this host (not of shards
+            host = socket.gethostname()  # still running here or elsewhere)
+            for name in sorted(os.listdir(chunks)):
+                owner = name[:-len('.tmp.npz')].rpartition('.npz.')[2] if name.endswith(
+                    '.tmp.npz') else ''
+                owner_host, _, pid = owner.rpartition('-')
+                if owner_host == host and pid.isdigit() and not BuildLock._alive(int(pid)):
+                    removed.append(osp.join(chunks, name))
+        if osp.isdir(self.build_dir):
+            plan_path = osp.join(self.build_dir, 'plan.json')
+            published = None
+            if published_intact:
+                published = read_root_manifest(self.out).get('plan')
+            try:
+                with open(plan_path) as f:
+                    plan = json.load(f)
+            except (OSError, ValueError):
+                plan = None
+            if plan is None or (published is not None and plan == published):
+                removed.append(self.build_dir)
+        for path in removed:
+            print_log(f'removing {path} (left by an interrupted build)', logger='current')
+            if osp.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif osp.exists(path):
+                os.remove(path)
+        return removed
 
     def prepare(self, resume: bool, force: bool) -> None:
         """Check or create ``<out>.build`` for this plan."""
@@ -218,6 +316,7 @@ class MemoryBuilder:
                     f'{self.build_dir} holds a partial build ({len(self.done_chunks())}/'
                     f'{len(self.chunks)} chunks done); pass --resume to continue it or --force '
                     'to start over')
+            self.check_chunks()  # a truncated/corrupt chunk is named and re-encoded
         os.makedirs(osp.join(self.build_dir, 'chunks'), exist_ok=True)
         if not osp.isfile(plan_path):
             write_json(plan_path, self.plan)
@@ -281,6 +380,12 @@ class MemoryBuilder:
                 seg_ids = [s[0] for s in record['segments']]
                 pooled, valid, areas = pool_segments(dense[n], pan.to(self.device), seg_ids)
                 valid = valid.cpu().numpy()
+                if not valid.all():
+                    # validation guarantees every listed segment has pixels
+                    raise MemoryBuildError(
+                        f'{record["seg_map_path"]} (image id {record["img_id"]}): segments '
+                        f'{[i for i, v in zip(seg_ids, valid) if not v]} are listed but have '
+                        'no pixel in the PNG')
                 item.update(
                     values=pooled.cpu().numpy()[valid],
                     category_ids=np.array([s[1] for s in record['segments']], np.int32)[valid],
@@ -306,9 +411,13 @@ class MemoryBuilder:
                 areas=np.concatenate([i['areas'] for i in items]),
                 skipped=np.array([i['skipped'] for i in items], np.int64))
         path = self._chunk_path(j)
-        tmp = path + '.tmp.npz'
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        tmp = f'{path}.{socket.gethostname()}-{os.getpid()}.tmp.npz'  # unique per process
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if osp.exists(tmp):
+                os.remove(tmp)
 
     # ------------------------------------------------------------------ merge
     def merge(self, stats: Optional[dict] = None) -> str:
@@ -341,6 +450,11 @@ class MemoryBuilder:
             all_keys, all_ids, all_identities = [], [], []
             self._add_before_chunks(scene, object_, all_keys, all_ids, all_identities, totals)
             for j in range(len(self.chunks)):
+                problem = self._chunk_problem(j)
+                if problem:
+                    raise MemoryBuildError(
+                        f'cannot merge {self.build_dir}: chunk {self._chunk_path(j)} is damaged '
+                        f'({problem}); run with --resume to re-encode it')
                 with np.load(self._chunk_path(j), allow_pickle=False) as data:
                     keys, ids, identities = data['keys'], data['image_ids'], data['identities']
                     files = [names[int(i)] for i in ids]
@@ -443,11 +557,12 @@ class MemoryAppender(MemoryBuilder):
         seg_prefix (str, optional): Folder of their panoptic PNGs.
         out (str): New memory root.
         device (str, optional): Encoder device.
+        skip_invalid_images (bool): As for :class:`MemoryBuilder`.
     """
 
     def __init__(self, cfg: Config, parent: str, ann_file: str, img_prefix: str,
                  seg_prefix: Optional[str] = None, out: Optional[str] = None,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, skip_invalid_images: bool = False):
         self.parent_root = osp.abspath(parent.rstrip('/'))
         self.parent_manifest = read_root_manifest(self.parent_root)
         if not out:
@@ -468,7 +583,8 @@ class MemoryAppender(MemoryBuilder):
                              seg_prefix=osp.abspath(seg_prefix or osp.splitext(
                                  osp.abspath(ann_file))[0]))
         super().__init__(with_dataset_source(cfg, split, ann_file, img_prefix, seg_prefix),
-                         split=split, out=out, device=device)
+                         split=split, out=out, device=device,
+                         skip_invalid_images=skip_invalid_images)
         self._check_parent_plan()
         in_parent = set(np.load(osp.join(self.parent_root, banks['scene'], 'image_sha256.npy'),
                                 allow_pickle=False).tolist())
@@ -595,3 +711,90 @@ def wait_for_chunks(builder: MemoryBuilder, poll_seconds: float = 5.0,
             raise MemoryBuildError(f'timed out waiting for the other shards in '
                                    f'{builder.build_dir}')
         time.sleep(poll_seconds)
+
+
+class BuildLock:
+    """``<out>.lock`` holding ``{pid, host, started}`` of the build that owns ``out``.
+
+    A second build of the same ``out`` refuses, naming the owner; a lock whose process
+    is dead (same host) is stale and taken over. A lock of another host is never taken
+    over (its process cannot be checked): delete the file if that build is gone.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.held = False
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def owner(self) -> Optional[dict]:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # garbage: treated as stale below
+
+    def acquire(self) -> 'BuildLock':
+        me = dict(pid=os.getpid(), host=socket.gethostname(),
+                  started=datetime.datetime.now().isoformat(timespec='seconds'))
+        os.makedirs(osp.dirname(self.path) or '.', exist_ok=True)
+        # the lock appears with its content (hard link of a finished unique temporary file)
+        tmp = f'{self.path}.{me["host"]}-{me["pid"]}.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(me, f)
+        try:
+            return self._acquire(tmp, me)
+        finally:
+            os.remove(tmp)
+
+    def _acquire(self, tmp: str, me: dict) -> 'BuildLock':
+        for _ in range(3):
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                owner = self.owner()
+                if owner is None:
+                    continue
+                pid, host = owner.get('pid'), owner.get('host')
+                if pid == me['pid'] and host == me['host']:
+                    self.held = True  # ours already (build_memory.main run twice in a process)
+                    return self
+                if isinstance(pid, int) and host and (host != me['host'] or self._alive(pid)):
+                    raise MemoryBuildError(
+                        f'another build of {self.path[:-len(".lock")]} is running: pid {pid} on '
+                        f'{host} (started {owner.get("started")}, lock {self.path}); wait for '
+                        'it to finish' + ('' if host == me['host'] else
+                                          f', or delete {self.path} if it is gone'))
+                print_log(f'taking over the stale lock {self.path} of pid {pid} on {host} '
+                          '(no longer running)', logger='current', level=logging.WARNING)
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            self.held = True
+            return self
+        raise MemoryBuildError(f'cannot take the lock {self.path} (contended); try again')
+
+    def release(self) -> None:
+        if self.held:
+            owner = self.owner() or {}
+            if owner.get('pid') == os.getpid():
+                os.remove(self.path)
+            self.held = False
+
+    def __enter__(self) -> 'BuildLock':
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -33,12 +33,14 @@ def _describe(sig: dict) -> str:
 
 
 def check_checkpoint_memory(memory: ExternalMemory, checkpoint: dict, memory_swap: bool,
-                            logger) -> None:
+                            logger, allow_incompatible_memory: bool = False) -> None:
     """Compare the memory a checkpoint was trained with (its meta) with ``memory``.
 
     Same memory: nothing to say. Another memory: a loud warning, unless ``memory_swap``
-    (``tools/test.py --memory``): then an INFO line says which memory replaces which, and
-    other encoders or dimensions than the checkpoint's are an error.
+    (``tools/test.py --memory``): then an INFO line says which memory replaces which. Other
+    encoders or dimensions than the checkpoint's are an error (training, resuming and
+    testing alike), unless ``allow_incompatible_memory`` (``tools/test.py
+    --allow-incompatible-memory``) turns it back into the loud warning (never with a swap).
     """
     saved = (checkpoint.get('meta') or {}).get('memory')
     current = memory.signature()
@@ -68,6 +70,14 @@ def check_checkpoint_memory(memory: ExternalMemory, checkpoint: dict, memory_swa
                     f'{_describe(saved)} recorded in the checkpoint{_relation(memory, saved)}; '
                     + checked)
         return
+    if problems and not allow_incompatible_memory:
+        raise MemoryBankError(
+            f'incompatible memory: the checkpoint was trained with the memory {_describe(saved)}, '
+            f'this run uses {_describe(current)}, which differs in ' + '; '.join(problems)
+            + '. The model cannot read vectors of other encoders or dimensions: use the memory '
+            'it was trained with (memory.root), or build one with the memory section of the '
+            'training config (tools/build_memory.py CONFIG). To run anyway, pass '
+            'tools/test.py --allow-incompatible-memory (MemoryHook allow_incompatible_memory).')
     message = (
         '\n' + '!' * 78 + '\nMEMORY MISMATCH: the checkpoint was trained with the memory '
         f'{saved.get("root")} (manifest sha256 {saved.get("manifest_sha256", "")[:12]}), '

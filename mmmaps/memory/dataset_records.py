@@ -5,8 +5,10 @@ or ``val_dataloader``/``test_dataloader``), parsed by mmdet's
 ``CocoPanopticDataset`` so category labels are the model's contiguous labels.
 """
 import copy
+import json
 import os.path as osp
-from typing import List, Tuple
+import tempfile
+from typing import List, Optional, Tuple
 
 from mmengine.config import Config
 
@@ -29,8 +31,14 @@ def dataset_cfg_of(cfg: Config, split: str) -> dict:
     return dataset
 
 
-def load_panoptic_records(cfg: Config, split: str) -> Tuple[List[dict], dict]:
-    """Records of every image of ``split`` (no filtering, annotation order).
+def load_panoptic_records(cfg: Config, split: str, skip_invalid: bool = False,
+                          report_file: Optional[str] = None) -> Tuple[List[dict], dict]:
+    """Records of every image of ``split`` (annotation order), validated first.
+
+    The split is checked by :func:`mmmaps.datasets.validation.check_panoptic_split`:
+    any problem raises ``DatasetValidationError`` naming the files and image ids,
+    unless ``skip_invalid``, which leaves those images out, writes the list of
+    what was dropped to ``report_file`` and records it in ``source``.
 
     Returns:
         tuple: ``records`` (list of dict with ``img_id``, ``img_path``,
@@ -42,14 +50,31 @@ def load_panoptic_records(cfg: Config, split: str) -> Tuple[List[dict], dict]:
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
 
+    from mmmaps.datasets.validation import (check_panoptic_split, dataset_classes,
+                                            split_paths)
+
     dataset_cfg = dataset_cfg_of(cfg, split)
     dataset_cfg.update(pipeline=[], filter_cfg=None, lazy_init=False)
     dataset_cfg.pop('indices', None)
-    try:
-        dataset = DATASETS.build(dataset_cfg)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f'cannot read the {split} dataset of the config: {exc}. Set '
-                                f'{split}_dataloader.dataset.data_root/ann_file') from exc
+    paths = split_paths(dataset_cfg)
+    if not osp.isfile(paths['ann_file']):
+        raise FileNotFoundError(f'cannot read the {split} dataset of the config: '
+                                f'{paths["ann_file"]} does not exist. Set '
+                                f'{split}_dataloader.dataset.data_root/ann_file')
+    checked = check_panoptic_split(**paths, classes=dataset_classes(dataset_cfg),
+                                   skip_invalid=skip_invalid,
+                                   report_file=report_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        if checked['dropped_image_ids']:
+            # mmdet reads the annotation file itself: hand it the filtered copy
+            dataset_cfg['ann_file'] = osp.join(tmp, osp.basename(paths['ann_file']))
+            with open(dataset_cfg['ann_file'], 'w') as f:
+                json.dump(checked['panoptic'], f)
+        try:
+            dataset = DATASETS.build(dataset_cfg)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f'cannot read the {split} dataset of the config: {exc}. Set '
+                                    f'{split}_dataloader.dataset.data_root/ann_file') from exc
     if not hasattr(dataset, 'cat2label'):
         raise TypeError(f'{split}_dataloader.dataset is a {type(dataset).__name__}; the memory '
                         'builder needs a COCO-panoptic dataset (CocoPanopticDataset)')
@@ -66,8 +91,12 @@ def load_panoptic_records(cfg: Config, split: str) -> Tuple[List[dict], dict]:
             if dataset.data_prefix.get('img') else osp.basename(info['img_path']),
             segments=[(int(s['id']), int(s['category']), bool(s['is_thing']))
                       for s in info['segments_info']]))
-    ann_file = osp.abspath(dataset.ann_file)
+    ann_file = osp.abspath(paths['ann_file'])
     source = dict(split=split, ann_file=ann_file, ann_sha256=sha256_file(ann_file),
                   data_root=dataset.data_root, num_images=len(records),
                   classes=list(dataset.metainfo.get('classes', [])))
+    if checked['problems']:
+        source['skipped_invalid_images'] = dict(
+            image_ids=checked['dropped_image_ids'], num_problems=len(checked['problems']),
+            report=osp.abspath(report_file) if report_file else None)
     return records, source

@@ -17,6 +17,7 @@ from typing import List, Optional
 
 from .bank import MemoryBank
 from .query_cache import QueryEmbeddingCache
+from .manifest_schema import validate_root_manifest
 from .storage import read_manifest
 
 FORMAT_NAME = 'mmmaps-memory'
@@ -37,6 +38,7 @@ def encoder_identity(desc: Optional[dict]) -> Optional[dict]:
 def read_root_manifest(root: str) -> dict:
     """The root manifest, with its sha256 under ``'_sha256'``."""
     manifest, sha = read_manifest(root, FORMAT_NAME, FORMAT_VERSION, 'memory directory')
+    validate_root_manifest(root, manifest)
     manifest['_sha256'] = sha
     return manifest
 

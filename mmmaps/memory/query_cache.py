@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .bank import IDENTITY_DTYPE, as_identities
+from .manifest_schema import validate_cache_manifest
 from .storage import (MANIFEST, MemoryBankError, atomic_directory, check_files, file_records,
                       read_manifest, save_npy, write_json)
 
@@ -75,6 +76,7 @@ class QueryEmbeddingCache:
     def load(cls, path: str, verify: bool = True) -> 'QueryEmbeddingCache':
         manifest, manifest_sha256 = read_manifest(path, FORMAT_NAME, FORMAT_VERSION,
                                                   'query embedding cache')
+        validate_cache_manifest(path, manifest)
         check_files(path, manifest, verify)
         arrays = [np.load(osp.join(path, name), allow_pickle=False)
                   for name in ('embeddings.npy', 'image_ids.npy', 'image_sha256.npy')]

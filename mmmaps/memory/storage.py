@@ -15,6 +15,8 @@ from typing import Iterator
 
 import numpy as np
 
+from mmmaps.utils.output_dirs import output_state
+
 _CHUNK = 1 << 22
 MANIFEST = 'manifest.json'
 
@@ -104,6 +106,9 @@ def read_manifest(folder: str, format_name: str, format_version: int, what: str)
         manifest = json.loads(raw)
     except ValueError as exc:
         raise MemoryBankError(f'{path} is not valid JSON: {exc}') from exc
+    if not isinstance(manifest, dict):
+        raise MemoryBankError(f'{path}: a manifest must be a JSON object, got '
+                              f'{type(manifest).__name__}')
     if manifest.get('format') != format_name:
         raise MemoryBankError(f'{path}: not a {format_name} manifest')
     if manifest.get('format_version') != format_version:
@@ -134,12 +139,16 @@ def replace_dir(src: str, dst: str) -> None:
     """Move the finished directory ``src`` to ``dst``, replacing an existing ``dst``.
 
     The old ``dst`` is first renamed aside, so at every moment ``dst`` is either
-    the old complete directory, absent, or the new complete one.
+    the old complete directory, absent, or the new complete one. Only an empty
+    ``dst`` or one with a ``manifest.json`` (a folder written here) is replaced:
+    anything else raises ``mmmaps.utils.output_dirs.OutputOwnershipError``
+    and is left as it is.
     """
     dst = dst.rstrip('/')
     old = None
-    if osp.exists(dst):
-        old = tempfile.mkdtemp(prefix='.' + osp.basename(dst) + '.old-', dir=osp.dirname(dst) or '.')
+    if output_state(dst, (MANIFEST,), 'memory folder') != 'absent':
+        old = tempfile.mkdtemp(prefix='.' + osp.basename(dst) + '.old-',
+                               dir=osp.dirname(dst) or '.')
         os.rename(dst, osp.join(old, 'bank'))
     os.rename(src, dst)
     if old is not None:
@@ -150,16 +159,18 @@ def replace_dir(src: str, dst: str) -> None:
 def atomic_directory(dst: str) -> Iterator[str]:
     """Yield a temporary directory beside ``dst``; rename it to ``dst`` on success.
 
-    On any exception the temporary directory is deleted and ``dst`` is untouched.
+    On any exception the temporary directory is deleted and ``dst`` is untouched;
+    a ``dst`` that :func:`replace_dir` would refuse is refused before any work.
     """
     dst = osp.abspath(dst.rstrip('/'))
+    output_state(dst, (MANIFEST,), 'memory folder')
     parent = osp.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.' + osp.basename(dst) + '.partial-', dir=parent)
     _publish_mode(tmp, directory=True)
     try:
         yield tmp
+        replace_dir(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_dir(tmp, dst)

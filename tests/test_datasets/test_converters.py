@@ -537,3 +537,16 @@ def test_base_configs_define_the_same_panoptic_pipeline():
     # the names mmdet's ADE20K dataset uses, so its configs and ours read the same JSON
     assert pc.ADE20K_METAINFO['classes'] == ADE20KPanopticDataset.METAINFO['classes']
     assert pc.ADE20K_METAINFO['thing_classes'] == ADE20KPanopticDataset.METAINFO['thing_classes']
+
+
+@pytest.mark.parametrize('which', ['ade20k', 'cityscapes'])
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_check_dataset_finds_no_problem_in_converted_output(which, split, request, tmp_path):
+    cfg, root = (ADE_CFG, 'ade_root') if which == 'ade20k' else (CS_CFG, 'cs_root')
+    root = request.getfixturevalue(root).rstrip('/') + '/'
+    report = str(tmp_path / 'report.json')
+    rc = _tool(osp.join('tools', 'analysis', 'check_dataset.py')).main(
+        [cfg, '--split', split, '--report', report,
+         '--cfg-options', f'{split}_dataloader.dataset.data_root={root}'])
+    problems = json.load(open(report))['problems'] if osp.exists(report) else []
+    assert rc == 0 and problems == [], problems

@@ -407,6 +407,11 @@ def test_swap_is_info_and_incompatible_swap_is_refused(synthetic_root, synthetic
     with pytest.raises(MemoryBankError, match=r'memory swap refused.*dense encoder '
                        r'weights_sha256: trained .ffff.*scene dim: trained 512, memory 384'):
         swapped.after_load_checkpoint(runner, other)
+    # without --memory an incompatible memory is an error too (issue 16), unless overridden
+    with pytest.raises(MemoryBankError, match=r'incompatible memory.*dense encoder '
+                       r'weights_sha256.*--allow-incompatible-memory'):
+        implicit.after_load_checkpoint(runner, other)
+    implicit.allow_incompatible_memory = True
     with pytest.warns(UserWarning, match='INCOMPATIBLE: dense encoder'):
         implicit.after_load_checkpoint(runner, other)
 

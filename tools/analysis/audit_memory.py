@@ -21,6 +21,8 @@ prints one JSON object:
 
 Exits 1 on a leak, 0 otherwise. Run it first, before a long training.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import os.path as osp

@@ -2,6 +2,8 @@
 
     python tools/analysis/compare_metrics.py untrained=A/metrics.json trained=B/metrics.json
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import sys

@@ -2,6 +2,8 @@
 
     python tools/analysis/make_grid.py SHOW_DIR --out overlay.png --num 6 --cols 2
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import glob
 import os

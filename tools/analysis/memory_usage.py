@@ -17,6 +17,8 @@ When the annotation files carry a ``scene`` per image (the synthetic generator's
 reports how often a retrieved scene has the query's scene type. Writes
 ``WORK_DIR/memory_usage.json``.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import json
 import math

@@ -23,6 +23,8 @@ encoder like the bank's values, and each object's stored value. Each object is s
 the box of its segment in its source image (bank metadata + source panoptic
 annotation), labelled with its category.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import os.path as osp
 import sys

@@ -16,6 +16,8 @@ G channel: instance id), and writes into ROOT (or ``--out``)::
 which ``configs/_base_/datasets/ade20k_panoptic.py`` reads. Formats and assumptions are
 documented in ``mmmaps/datasets/panoptic_conversion.py`` and ``data/README.md``.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import sys
 

@@ -19,6 +19,8 @@ which ``configs/_base_/datasets/cityscapes_panoptic.py`` reads. The conversion f
 cityscapesscripts' ``createPanopticImgs`` (segment ids, crowd groups) without needing
 cityscapesscripts; see ``mmmaps/datasets/panoptic_conversion.py`` and ``data/README.md``.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import os.path as osp
 import sys

@@ -7,12 +7,15 @@ Example::
 
 The classes and scene types are documented in ``data/README.md``.
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import sys
 import time
 
 from mmmaps.datasets.synthetic_panoptic import (SCENE_TYPES, THING_CLASSES, STUFF_CLASSES,
                                                 generate_synthetic_panoptic)
+from mmmaps.utils.output_dirs import OutputOwnershipError
 
 
 def parse_args(argv=None):
@@ -23,7 +26,8 @@ def parse_args(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--size', type=int, nargs=2, default=(128, 128), metavar=('H', 'W'))
     parser.add_argument('--force', action='store_true',
-                        help='regenerate even if OUT already holds the same dataset')
+                        help='replace the synthetic dataset already in OUT (also when it has '
+                        'the same parameters); a folder of anything else is never replaced')
     parser.add_argument('--no-progress', action='store_true')
     return parser.parse_args(argv)
 
@@ -35,7 +39,7 @@ def main(argv=None):
         meta = generate_synthetic_panoptic(
             args.out, args.num_train, args.num_val, seed=args.seed, size=args.size,
             force=args.force, progress=not args.no_progress)
-    except ValueError as err:
+    except (ValueError, OutputOwnershipError) as err:
         sys.exit(f'make_synthetic_panoptic: {err}')
     elapsed = time.perf_counter() - start
     if meta['reused']:

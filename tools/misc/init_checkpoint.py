@@ -5,6 +5,8 @@ scores a model that has seen no data, built exactly as training would build it.
 
     python tools/misc/init_checkpoint.py CONFIG OUT.pth [--seed 0]
 """
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
+
 import argparse
 import os
 import os.path as osp

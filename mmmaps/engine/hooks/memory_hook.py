@@ -36,18 +36,24 @@ class MemoryHook(Hook):
     - training statistics come with the losses (``retrieval/...``); evaluation statistics
       are averaged from the predictions' ``metainfo['retrieval']`` and logged per epoch.
     - checkpoints record the memory (meta ``memory``); loading one trained with another
-      memory warns loudly, unless ``memory_swap`` (``tools/test.py --memory``).
+      memory warns loudly, unless ``memory_swap`` (``tools/test.py --memory``); one trained
+      with other encoders or dimensions is an error, unless ``allow_incompatible_memory``.
 
     Args:
         memory_swap (bool): The memory deliberately replaces the one the loaded checkpoint
             was trained with (set by ``tools/test.py --memory``).
         log_stats (bool): Log the retrieval statistics.
+        allow_incompatible_memory (bool): Run (with a loud warning) although the memory was
+            built with other encoders or dimensions than the loaded checkpoint's (set by
+            ``tools/test.py --allow-incompatible-memory``); default: refuse.
     """
 
     priority = 'VERY_HIGH'
 
-    def __init__(self, memory_swap: bool = False, log_stats: bool = True):
+    def __init__(self, memory_swap: bool = False, log_stats: bool = True,
+                 allow_incompatible_memory: bool = False):
         self.memory_swap = memory_swap
+        self.allow_incompatible_memory = allow_incompatible_memory
         self.log_stats = log_stats
         self.memory: Optional[ExternalMemory] = None
         self._eval_stats: Dict[str, List[float]] = {}
@@ -146,4 +152,5 @@ class MemoryHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.memory is not None:
-            check_checkpoint_memory(self.memory, checkpoint, self.memory_swap, runner.logger)
+            check_checkpoint_memory(self.memory, checkpoint, self.memory_swap, runner.logger,
+                                    self.allow_incompatible_memory)
