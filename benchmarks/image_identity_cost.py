@@ -24,8 +24,6 @@ import sys
 import tempfile
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 from mmmaps.memory.image_identity import ImageIdentities  # noqa: E402
 
 

@@ -30,7 +30,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 BASELINE = 'configs/mask2former/mask2former_r18_synthetic-panoptic.py'
 MAPS = 'configs/maps/maps_r18_synthetic-panoptic_standin-clip.py'

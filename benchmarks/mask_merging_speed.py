@@ -11,13 +11,11 @@ upsampled (bilinearly, as ``predict`` does) to the output size. Both heads get t
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
 
 import argparse
-import os.path as osp
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmdet.models.seg_heads.panoptic_fusion_heads import MaskFormerFusionHead  # noqa: E402
 
 from benchmarks.timing import median_seconds  # noqa: E402

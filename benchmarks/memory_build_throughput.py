@@ -21,7 +21,6 @@ import mmcv
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 from mmengine.config import Config  # noqa: E402
 
 from mmmaps.datasets import generate_synthetic_panoptic  # noqa: E402

@@ -19,7 +19,6 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmmaps.memory import BankWriter, MemoryBank, MemoryRetriever  # noqa: E402
 
 

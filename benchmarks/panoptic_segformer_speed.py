@@ -26,7 +26,6 @@ import tempfile
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 from mmengine.dataset import pseudo_collate  # noqa: E402
 
 from mmdet.registry import DATASETS, MODELS  # noqa: E402

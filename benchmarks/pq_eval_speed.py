@@ -42,8 +42,6 @@ from unittest import mock
 import cv2
 import numpy as np
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def parse_args():

@@ -25,9 +25,6 @@ import os.path as osp
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 DEFAULT_POOL = 'data/synthetic_pool'
 DEFAULT_POOL_SIZE = 4000

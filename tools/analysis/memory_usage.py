@@ -27,9 +27,6 @@ import os.path as osp
 import sys
 from collections import defaultdict
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def parse_args(argv=None):

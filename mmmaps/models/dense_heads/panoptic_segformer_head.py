@@ -286,15 +286,7 @@ class PanopticSegFormerHead(DeformableDETRHead):
              spatial_shapes: Tensor, batch_data_samples: SampleList,
              enc_outputs_class: Optional[Tensor] = None,
              enc_outputs_coord: Optional[Tensor] = None, **kwargs) -> Dict[str, Tensor]:
-        metas = [dict(sample.metainfo) for sample in batch_data_samples]
-        targets = [
-            build_panoptic_targets(sample, self.num_things_classes, self.num_stuff_classes)
-            for sample in batch_data_samples
-        ]
-        gts = [t.things if self.query_decoupling else t.joint() for t in targets]
-        thing_weight, stuff_weight = batch_loss_weights(targets, self.thing_stuff_weighting)
-        for meta in metas:
-            meta['thing_loss_weight'] = thing_weight
+        metas, targets, gts, thing_weight, stuff_weight = self.loss_targets(batch_data_samples)
         losses = {}
         loc_cls, loc_coords = self.location_predictions(hidden_states, references)
         if self.has_location_decoder:
@@ -324,6 +316,22 @@ class PanopticSegFormerHead(DeformableDETRHead):
                     query_set_losses(out['stuff_cls'][..., None], out['stuff_masks'],
                                      stuff_assign, self.loss_mask_cls, self.loss_mask)
         return losses
+
+    def loss_targets(self, batch_data_samples: SampleList) -> Tuple[
+            List[dict], List[PanopticTargets], List[InstanceData], float, float]:
+        """Per-image metas (with ``thing_loss_weight`` for the detection loss), panoptic
+        targets, the ground truth the thing queries are matched to (things, or all
+        segments with joint matching) and the batch's lambda_things, lambda_stuff."""
+        metas = [dict(sample.metainfo) for sample in batch_data_samples]
+        targets = [
+            build_panoptic_targets(sample, self.num_things_classes, self.num_stuff_classes)
+            for sample in batch_data_samples
+        ]
+        gts = [t.things if self.query_decoupling else t.joint() for t in targets]
+        thing_weight, stuff_weight = batch_loss_weights(targets, self.thing_stuff_weighting)
+        for meta in metas:
+            meta['thing_loss_weight'] = thing_weight
+        return metas, targets, gts, thing_weight, stuff_weight
 
     def _match_things(self, last: Dict[str, Tensor], preds: Optional[List[InstanceData]],
                       gts: List[InstanceData], metas: List[dict], mask_size,

@@ -15,7 +15,7 @@ from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from ..layers.attention_mask_decoder import AttentionMaskDecoder, MaskDecoderOutput
 from ..losses import QueryAssignment, query_set_cls_loss, query_set_mask_loss, resize_masks
-from ..utils import batch_loss_weights, build_panoptic_targets, release_thing_queries
+from ..utils import release_thing_queries
 from .panoptic_segformer_head import PanopticSegFormerHead
 
 
@@ -201,15 +201,7 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
              spatial_shapes: Tensor, batch_data_samples: SampleList,
              enc_outputs_class: Optional[Tensor] = None,
              enc_outputs_coord: Optional[Tensor] = None, **kwargs) -> Dict[str, Tensor]:
-        metas = [dict(sample.metainfo) for sample in batch_data_samples]
-        targets = [
-            build_panoptic_targets(sample, self.num_things_classes, self.num_stuff_classes)
-            for sample in batch_data_samples
-        ]
-        gts = [t.things for t in targets]
-        thing_weight, stuff_weight = batch_loss_weights(targets, self.thing_stuff_weighting)
-        for meta in metas:
-            meta['thing_loss_weight'] = thing_weight
+        metas, targets, gts, thing_weight, stuff_weight = self.loss_targets(batch_data_samples)
         loc_cls, loc_coords = self.location_predictions(hidden_states, references)
         det_losses = self.loss_by_feat(loc_cls, loc_coords, enc_outputs_class,
                                        enc_outputs_coord, gts, metas)
