@@ -58,18 +58,6 @@ def _model_type(cfg) -> str:
     return str(cfg.model.get('type', '?')).rpartition('.')[2]
 
 
-def retrieval_panel(overlay, image_name, result, images, min_height=160):
-    """The overlay followed by the retrieved scenes, each with a caption."""
-    from mmmaps.apis.visualization import add_caption, hstack, resize_to_height
-    height = max(overlay.shape[0], min_height)
-    tiles = [add_caption(resize_to_height(overlay, height),
-                         [image_name, f'prediction, {len(result)} retrieved'], 2)]
-    for rank, (image_id, score) in enumerate(result):
-        tiles.append(add_caption(resize_to_height(images.read(image_id), height),
-                                 [f'#{rank + 1} id {image_id}', f'sim {score:.3f}'], 2))
-    return hstack(tiles, gap=4)
-
-
 def main(argv=None):
     args = parse_args(argv)
     _check_inputs(args)
@@ -80,8 +68,8 @@ def main(argv=None):
     import torch
 
     from mmmaps.apis import (BankImages, draw_panoptic, inference_panoptic,
-                             init_panoptic_model, panoptic_segments, read_rgb, uses_memory,
-                             write_png_atomic)
+                             init_panoptic_model, panoptic_segments, read_rgb, retrieval_panel,
+                             uses_memory, write_png_atomic)
     if args.show_retrievals and not (uses_memory(cfg) or _model_type(cfg) == 'MAPS'):
         raise DemoError(f'--show-retrievals needs a MAPS config (a model that retrieves from a '
                         f'memory); {args.config} builds a {_model_type(cfg)}')

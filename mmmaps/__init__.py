@@ -14,6 +14,6 @@ from .utils.checkpoint_loading import register_safe_checkpoint_loaders  # noqa: 
 
 register_safe_checkpoint_loaders()
 
-from . import datasets, engine, evaluation, memory, models  # noqa: E402,F401  (registration)
+from . import datasets, deployment, engine, evaluation, memory, models  # noqa: E402,F401,E501
 
 __all__ = ['__version__']

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the mmmaps virtual environment and install the pinned stack.
 #
-#   bash tools/setup_env.sh [--tests] [--optional] [--torch LINE] [--python X.Y] [--print-venv]
+#   bash tools/setup_env.sh [--tests] [--deploy] [--optional] [--torch LINE] [--python X.Y]
+#                           [--print-venv]
 #
 #   --torch LINE   the torch line of the support matrix (README "Support matrix"):
 #                    2.5  torch 2.5.1,  numpy 1.x, python 3.11 by default  (the CI default)
@@ -10,6 +11,9 @@
 #                  its own venv; the default line keeps ~/.cache/mmmaps/venv.
 #   --python X.Y   interpreter of a new venv (default: the line's; PYTHON=/path overrides)
 #   --print-venv   print the venv path of these options and exit (installs nothing)
+#   --tests        also the test requirements (requirements/tests.txt; implies --deploy)
+#   --deploy       also onnx + onnxruntime (requirements/deploy.txt: ONNX export/inference)
+#   --optional     also requirements/optional.txt
 #
 # Idempotent: when the venv already holds exactly what the requirement files ask for
 # (a stamp records their checksum) and the key imports work, only the editable install
@@ -35,6 +39,7 @@ REQ=$ROOT/requirements
 
 WANT_TESTS=0
 WANT_OPTIONAL=0
+WANT_DEPLOY=0
 PRINT_VENV=0
 TORCH_LINE=2.5
 PY_VERSION=""
@@ -42,11 +47,12 @@ while (($#)); do
   case $1 in
     --tests) WANT_TESTS=1; shift ;;
     --optional) WANT_OPTIONAL=1; shift ;;
+    --deploy) WANT_DEPLOY=1; shift ;;
     --print-venv) PRINT_VENV=1; shift ;;
     --torch) TORCH_LINE=${2:-}; shift 2 ;;
     --python) PY_VERSION=${2:-}; shift 2 ;;
-    -h|--help) sed -n 2,29p "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) echo "setup_env: unknown argument '$1' (expected --tests, --optional, --torch LINE," \
+    -h|--help) sed -n 2,33p "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "setup_env: unknown argument '$1' (expected --tests, --deploy, --optional, --torch LINE," \
             "--python X.Y or --print-venv)" >&2; exit 2 ;;
   esac
 done
@@ -222,6 +228,11 @@ install_group() {  # install_group NAME FILE
 if [[ $WANT_TESTS == 1 ]]; then
   step "test requirements"
   install_group tests "$REQ/tests.txt"
+  WANT_DEPLOY=1  # the suite tests the ONNX export and runtime
+fi
+if [[ $WANT_DEPLOY == 1 ]]; then
+  step "deployment requirements (onnx, onnxruntime)"
+  install_group deploy "$REQ/deploy.txt"
 fi
 if [[ $WANT_OPTIONAL == 1 ]]; then
   step "optional requirements"

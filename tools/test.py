@@ -1,5 +1,9 @@
 """Test (and evaluate) a model: ``python tools/test.py CONFIG CHECKPOINT``.
 
+``python tools/test.py CONFIG EXPORT_DIR --backend onnxruntime`` evaluates an ONNX export
+(``tools/deployment/export_onnx.py``) the same way: same dataset, evaluators, summary and
+``--panoptic-out`` files, so the exported model can be compared with the checkpoint.
+
 For a panoptic model the configured evaluators print mmdet's PQ, COCO AP and
 mIoU tables; this tool then prints one summary table (PQ, PQ_th, PQ_st, SQ,
 RQ, AP, mIoU) and writes all metrics to ``WORK_DIR/metrics.json``.
@@ -32,7 +36,16 @@ from mmmaps.utils.tool_utils import load_tool_config, parse_launch_args
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint',
+                        help='checkpoint file (--backend pytorch) or export folder of '
+                        'tools/deployment/export_onnx.py (--backend onnxruntime)')
+    parser.add_argument(
+        '--backend', choices=('pytorch', 'onnxruntime'), default='pytorch',
+        help='onnxruntime: evaluate an ONNX export with the same pipeline, evaluators and '
+        'outputs (the config\'s data preprocessor, fusion head and test_cfg; MAPS retrieves '
+        'with the exported key encoder)')
+    parser.add_argument('--ort-threads', type=int,
+                        help='onnxruntime intra-op threads (default: all cores)')
     parser.add_argument('--work-dir', help='directory for logs and metrics.json')
     parser.add_argument('--out', help='dump raw predictions to a pickle file (.pkl)')
     parser.add_argument(
@@ -122,10 +135,19 @@ def _swap_memory(cfg, root: str, config: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.checkpoint):
+    onnx = args.backend == 'onnxruntime'
+    if onnx and not osp.isdir(args.checkpoint):
+        raise FileNotFoundError(f'--backend onnxruntime: export folder {args.checkpoint!r} '
+                                'does not exist (tools/deployment/export_onnx.py writes one)')
+    if not onnx and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    cfg.load_from = args.checkpoint
+    if onnx:
+        from mmmaps.deployment import onnx_model_config
+        cfg.model = onnx_model_config(cfg, args.checkpoint, args.ort_threads)
+        cfg.load_from = None
+    else:
+        cfg.load_from = args.checkpoint
     if args.memory:
         _swap_memory(cfg, args.memory, args.config)
     if args.allow_incompatible_memory:

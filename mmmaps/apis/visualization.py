@@ -183,6 +183,22 @@ def hstack(images: Sequence[np.ndarray], gap: int = 0) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def retrieval_panel(overlay: np.ndarray, image_name: str, result: Sequence[Tuple[int, float]],
+                    images, min_height: int = 160) -> np.ndarray:
+    """The overlay followed by the retrieved scenes, each with a caption
+    (``--show-retrievals`` of ``demo/image_demo.py`` and ``tools/deployment/onnx_demo.py``).
+
+    ``result`` is ``[(image id, similarity)]`` in rank order; ``images`` a
+    :class:`~mmmaps.apis.BankImages` of the memory they come from."""
+    height = max(overlay.shape[0], min_height)
+    tiles = [add_caption(resize_to_height(overlay, height),
+                         [image_name, f'prediction, {len(result)} retrieved'], 2)]
+    for rank, (image_id, score) in enumerate(result):
+        tiles.append(add_caption(resize_to_height(images.read(image_id), height),
+                                 [f'#{rank + 1} id {image_id}', f'sim {score:.3f}'], 2))
+    return hstack(tiles, gap=4)
+
+
 def vstack(rows: Sequence[np.ndarray]) -> np.ndarray:
     """Rows stacked, narrower ones padded with white on the right."""
     width = max(r.shape[1] for r in rows)

@@ -51,7 +51,8 @@ class ExternalMemory:
 
     Args:
         root (MemoryRoot): The loaded banks (and the train split's query cache).
-        key_encoder (BaseMemoryEncoder): The frozen key encoder (must be the banks').
+        key_encoder (BaseMemoryEncoder): The frozen key encoder (must be the banks'; or an
+            exported one with the same ``describe()``, ``device`` and call).
         k (int): Images retrieved per query.
         max_objects (int, optional): Object slot cap (default ``16 * k``).
         random_sampling (int, optional): k' > k for sampling in training.
@@ -228,8 +229,8 @@ class ExternalMemory:
 
 def build_external_memory(memory_cfg: dict, root: Optional[str] = None, device=None,
                           seed: int = 0, rank: int = 0, verify: bool = True,
-                          use_gpu_index: bool = True, query_caches: bool = True
-                          ) -> ExternalMemory:
+                          use_gpu_index: bool = True, query_caches: bool = True,
+                          key_encoder=None) -> ExternalMemory:
     """Build the memory a config's ``memory`` section describes.
 
     Args:
@@ -245,6 +246,10 @@ def build_external_memory(memory_cfg: dict, root: Optional[str] = None, device=N
             support.
         query_caches (bool): Serve query keys from the memory's caches (``False``: always
             run the key encoder, e.g. to measure it).
+        key_encoder (optional): The key encoder to use instead of building
+            ``memory.key_encoder`` (an exported model's ONNX key encoder,
+            :class:`mmmaps.deployment.ONNXKeyEncoder`); it must describe itself as the
+            banks' key encoder, which is checked as for a built one.
     """
     memory_cfg = dict(memory_cfg)
     root = root or memory_cfg.get('root')
@@ -273,9 +278,11 @@ def build_external_memory(memory_cfg: dict, root: Optional[str] = None, device=N
             cache = MemoryRoot(path, verify=verify, load_objects=False).query_cache
             if cache is not None:
                 eval_caches.append(cache)
-    if 'key_encoder' not in memory_cfg:
-        raise KeyError('memory.key_encoder is not set (the frozen encoder of the query keys)')
-    key_encoder = build_memory_encoder(memory_cfg['key_encoder']).to(device)
+    if key_encoder is None:
+        if 'key_encoder' not in memory_cfg:
+            raise KeyError('memory.key_encoder is not set (the frozen encoder of the query '
+                           'keys)')
+        key_encoder = build_memory_encoder(memory_cfg['key_encoder']).to(device)
     if not query_caches:
         memory_root.query_cache = None
     return ExternalMemory(memory_root, key_encoder, k=int(retrieval.get('k', 5)),

@@ -11,7 +11,7 @@ import os.path as osp
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -135,18 +135,19 @@ def check_files(folder: str, manifest: dict, verify: bool) -> None:
                                   '(corrupt or modified); rebuild it')
 
 
-def replace_dir(src: str, dst: str) -> None:
+def replace_dir(src: str, dst: str, markers: Sequence[str] = (MANIFEST, ),
+                what: str = 'memory folder') -> None:
     """Move the finished directory ``src`` to ``dst``, replacing an existing ``dst``.
 
     The old ``dst`` is first renamed aside, so at every moment ``dst`` is either
     the old complete directory, absent, or the new complete one. Only an empty
-    ``dst`` or one with a ``manifest.json`` (a folder written here) is replaced:
+    ``dst`` or one with one of ``markers`` (a folder written here) is replaced:
     anything else raises ``mmmaps.utils.output_dirs.OutputOwnershipError``
     and is left as it is.
     """
     dst = dst.rstrip('/')
     old = None
-    if output_state(dst, (MANIFEST,), 'memory folder') != 'absent':
+    if output_state(dst, markers, what) != 'absent':
         old = tempfile.mkdtemp(prefix='.' + osp.basename(dst) + '.old-',
                                dir=osp.dirname(dst) or '.')
         os.rename(dst, osp.join(old, 'bank'))
@@ -156,21 +157,22 @@ def replace_dir(src: str, dst: str) -> None:
 
 
 @contextmanager
-def atomic_directory(dst: str) -> Iterator[str]:
+def atomic_directory(dst: str, markers: Sequence[str] = (MANIFEST, ),
+                     what: str = 'memory folder') -> Iterator[str]:
     """Yield a temporary directory beside ``dst``; rename it to ``dst`` on success.
 
     On any exception the temporary directory is deleted and ``dst`` is untouched;
     a ``dst`` that :func:`replace_dir` would refuse is refused before any work.
     """
     dst = osp.abspath(dst.rstrip('/'))
-    output_state(dst, (MANIFEST,), 'memory folder')
+    output_state(dst, markers, what)
     parent = osp.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.' + osp.basename(dst) + '.partial-', dir=parent)
     _publish_mode(tmp, directory=True)
     try:
         yield tmp
-        replace_dir(tmp, dst)
+        replace_dir(tmp, dst, markers, what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,8 +27,9 @@ class MemoryHook(Hook):
     :func:`~mmmaps.memory.build_external_memory`, which owns every retrieval setting.
 
     - ``before_run``: builds the memory from ``cfg.memory`` (the run's seed and rank seed
-      the k' sampling; faiss-gpu indices on this rank's GPU), attaches it to the model,
-      logs it.
+      the k' sampling; faiss-gpu indices on this rank's GPU; the key encoder is the
+      model's ``memory_key_encoder()`` when it has one, e.g. an exported model's ONNX
+      encoder), attaches it to the model, logs it.
     - ``before_train``: says how many training images (by content, whatever dataset
       wrapper or annotation file brought them) are in the memory; the memory's training
       policy keeps each of them from retrieving itself.
@@ -70,10 +71,16 @@ class MemoryHook(Hook):
                             'config.')
         if 'memory' not in runner.cfg:
             raise KeyError('MemoryHook: the config has no `memory` section')
+        # an exported model brings its own (ONNX) key encoder; others build memory.key_encoder
+        key_encoder = (model.memory_key_encoder()
+                       if hasattr(model, 'memory_key_encoder') else None)
         self.memory = build_external_memory(runner.cfg.memory, seed=runner.seed,
-                                            rank=get_rank())
+                                            rank=get_rank(), key_encoder=key_encoder)
         model.attach_memory(self.memory)
         runner.logger.info(self.memory.summary())
+        if hasattr(model, 'exported_checkpoint_meta'):
+            # an exported model loads no checkpoint: compare with the exported one's meta
+            self.after_load_checkpoint(runner, dict(meta=model.exported_checkpoint_meta))
         if self.log_stats:
             self._smooth_stats_in_log(runner)
 

@@ -199,11 +199,30 @@ class GlobalMemoryEncoder(BaseMemoryEncoder):
 
     kind = 'global'
 
+    image_size: int = 0
+
     def _empty(self) -> Tensor:
         return torch.zeros(0, self.out_channels, device=self.device)
 
     def _finish(self, features: Tensor) -> Tensor:
         return F.normalize(features.float(), dim=-1)
+
+    def crop(self, image: Tensor) -> Tensor:
+        """(3, H, W) float 0-255 -> the (3, S, S) 0-255 crop the tower sees (S =
+        ``image_size``; open_clip's evaluation geometry: short side -> S, central crop)."""
+        return resize_center_crop(image, self.image_size)
+
+    def embed_crops(self, crops: Tensor) -> Tensor:
+        """(B, 3, S, S) 0-255 RGB crops -> (B, out_channels) L2-normalised keys: the
+        encoder's normalisation, tower and L2 norm (what its ONNX graph holds)."""
+        return self._finish(self._embed(self.normalize_pixels(crops).to(self._dtype)))
+
+    def _embed(self, batch: Tensor) -> Tensor:
+        """(B, 3, S, S) normalised tower input -> (B, out_channels) embeddings."""
+        raise NotImplementedError
+
+    def _encode(self, images: List[Tensor]) -> Tensor:
+        return self.embed_crops(torch.stack([self.crop(image) for image in images]))
 
 
 class DenseMemoryEncoder(BaseMemoryEncoder):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mmdet.registry import MODELS
 from .base import (DenseMemoryEncoder, GlobalMemoryEncoder, patch_aligned_size,
-                   resize_center_crop, resize_image)
+                   resize_image)
 from .weights import (CLIP_MEAN, CLIP_STD, CLIP_WEIGHTS_HINT, default_quick_gelu,
                       load_clip_visual, resolve_checkpoint)
 
@@ -170,11 +170,10 @@ class CLIPCLSEncoder(_CLIPTower, GlobalMemoryEncoder):
 
     def preprocess(self, image: Tensor) -> Tensor:
         """(3, H, W) float 0-255 -> (3, image_size, image_size) normalised tower input."""
-        return self.normalize_pixels(resize_center_crop(image, self.image_size))
+        return self.normalize_pixels(self.crop(image))
 
-    def _encode(self, images: List[Tensor]) -> Tensor:
-        batch = torch.stack([self.preprocess(image) for image in images]).to(self._dtype)
-        return self._finish(self.visual(batch))
+    def _embed(self, batch: Tensor) -> Tensor:
+        return self.visual(batch)
 
     def _geometry(self) -> Dict:
         return dict(image_size=self.image_size, **self._clip_geometry())

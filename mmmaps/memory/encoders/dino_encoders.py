@@ -1,11 +1,10 @@
 """DINO (timm ViT) memory encoders: CLS key and dense patch tokens."""
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from mmdet.registry import MODELS
-from .base import DenseMemoryEncoder, GlobalMemoryEncoder, resize_center_crop
+from .base import DenseMemoryEncoder, GlobalMemoryEncoder
 from .weights import (DINO_WEIGHTS_HINT, IMAGENET_MEAN, IMAGENET_STD, load_timm_vit,
                       resolve_checkpoint)
 
@@ -66,11 +65,10 @@ class DINOCLSEncoder(_DINOTower, GlobalMemoryEncoder):
 
     def preprocess(self, image: Tensor) -> Tensor:
         """(3, H, W) float 0-255 -> (3, image_size, image_size) normalised ViT input."""
-        return self.normalize_pixels(resize_center_crop(image, self.image_size))
+        return self.normalize_pixels(self.crop(image))
 
-    def _encode(self, images: List[Tensor]) -> Tensor:
-        batch = torch.stack([self.preprocess(image) for image in images]).to(self._dtype)
-        return self._finish(self.vit.forward_features(batch)[:, 0])
+    def _embed(self, batch: Tensor) -> Tensor:
+        return self.vit.forward_features(batch)[:, 0]
 
     def _geometry(self) -> Dict:
         return dict(image_size=self.image_size, patch_size=self.patch_size)

@@ -187,13 +187,20 @@ class MAPSMask2FormerHead(Mask2FormerHead):
 
     def forward(self, x: List[Tensor],
                 batch_data_samples: SampleList) -> Tuple[List[Tensor], List[Tensor]]:
-        """Mask2FormerHead.forward with each decoder layer given its memory.
+        """Mask2FormerHead.forward with each decoder layer given the memory the samples
+        carry (:meth:`memory_of`).
 
         Returns:
             tuple: per decoder stage, class logits (B, N_q, C + 1) and mask logits
             (B, N_q, h, w), as Mask2FormerHead.
         """
-        memory = self._memory_per_layer(self.memory_of(batch_data_samples))
+        return self.forward_with_memory(x, self.memory_of(batch_data_samples))
+
+    def forward_with_memory(self, x: List[Tensor], memory_inputs: Optional[MemoryInputs]
+                            ) -> Tuple[List[Tensor], List[Tensor]]:
+        """:meth:`forward` with the batch's memory given as tensors (None: no memory);
+        what the ONNX graph of MAPS runs (the memory is a graph input there)."""
+        memory = self._memory_per_layer(memory_inputs)
         batch_size = x[0].shape[0]
         mask_features, multi_scale_memorys = self.pixel_decoder(x)
         decoder_inputs, decoder_positional_encodings = [], []

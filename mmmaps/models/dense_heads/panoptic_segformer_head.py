@@ -223,10 +223,17 @@ class PanopticSegFormerHead(DeformableDETRHead):
         if num_levels > len(spatial_shapes):
             raise ValueError(f'the mask decoder attends to {num_levels} levels but the '
                              f'encoder has {len(spatial_shapes)}')
-        spatial_shapes = spatial_shapes[:num_levels]
-        length = int(spatial_shapes.prod(-1).sum())
-        mask = None if memory_mask is None else memory_mask[:, :length]
-        return memory[:, :length], memory_pos[:, :length], mask, spatial_shapes
+        if num_levels == len(spatial_shapes):
+            return memory, memory_pos, memory_mask, spatial_shapes
+        # split by tensor sizes (not python ints) so that a traced graph stays size-agnostic
+        sizes = spatial_shapes.prod(-1)
+        sizes = [sizes[:num_levels].sum(), sizes[num_levels:].sum()]
+
+        def first(tokens):
+            return None if tokens is None else tokens.split(sizes, dim=1)[0]
+
+        return first(memory), first(memory_pos), first(memory_mask), \
+            spatial_shapes[:num_levels]
 
     def forward_mask_decoder(self, thing_query: Tensor, thing_query_pos: Tensor,
                              memory: Tensor, memory_pos: Tensor,

@@ -13,6 +13,20 @@ from ...memory.retriever import RetrievalResult
 from ..dense_heads.maps_head import MAPSMask2FormerHead
 
 
+def unnormalized_images(batch_inputs: Tensor, batch_data_samples: SampleList,
+                        preprocessor) -> List[Tensor]:
+    """Undo the data preprocessor: RGB images (3, h, w) in [0, 255], unpadded (what the
+    memory's key encoder reads)."""
+    images = batch_inputs * preprocessor.std + preprocessor.mean
+    if not getattr(preprocessor, '_channel_conversion', False):
+        images = images.flip(1)  # inputs kept the loader's BGR order
+    out = []
+    for image, sample in zip(images, batch_data_samples):
+        height, width = sample.metainfo.get('img_shape', image.shape[-2:])[:2]
+        out.append(image[:, :height, :width].clamp(0, 255))
+    return out
+
+
 @MODELS.register_module()
 class MAPS(Mask2Former):
     """Memory Augmented Panoptic Segmentation (MAPS, Fig. 2).
@@ -48,18 +62,6 @@ class MAPS(Mask2Former):
                           object_dim=head.object_memory_dims if head.reads_objects else None)
         self.memory = memory
 
-    def _raw_images(self, batch_inputs: Tensor, batch_data_samples: SampleList) -> List[Tensor]:
-        """Undo the data preprocessor: RGB images (3, h, w) in [0, 255], unpadded."""
-        preprocessor = self.data_preprocessor
-        images = batch_inputs * preprocessor.std + preprocessor.mean
-        if not getattr(preprocessor, '_channel_conversion', False):
-            images = images.flip(1)  # inputs kept the loader's BGR order
-        out = []
-        for image, sample in zip(images, batch_data_samples):
-            height, width = sample.metainfo.get('img_shape', image.shape[-2:])[:2]
-            out.append(image[:, :height, :width].clamp(0, 255))
-        return out
-
     def retrieve(self, batch_inputs: Tensor,
                  batch_data_samples: SampleList) -> Optional[RetrievalResult]:
         """The batch's retrieval, also put into each sample's ``metainfo['retrieval']``
@@ -73,7 +75,7 @@ class MAPS(Mask2Former):
                                'tools/build_memory.py CONFIG')
         with torch.no_grad():
             result = self.memory.retrieve(
-                self._raw_images(batch_inputs, batch_data_samples),
+                unnormalized_images(batch_inputs, batch_data_samples, self.data_preprocessor),
                 [sample.metainfo.get('img_path') for sample in batch_data_samples],
                 training=self.training, with_objects=head.reads_objects)
         for index, sample in enumerate(batch_data_samples):

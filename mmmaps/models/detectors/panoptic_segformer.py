@@ -1,13 +1,17 @@
 """Panoptic SegFormer detector (Li et al., CVPR 2022) on mmdet's Deformable DETR."""
 import copy
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmdet.models.detectors import DeformableDETR
 from mmdet.registry import MODELS
 from mmdet.structures import OptSampleList, SampleList
 from mmdet.utils import ConfigType, OptConfigType
+
+from ..utils import add_fusion_results
 
 
 @MODELS.register_module()
@@ -58,14 +62,21 @@ class PanopticSegFormer(DeformableDETR):
         self.reference_points_fc = None
 
     def forward_transformer(self, img_feats: Tuple[Tensor],
-                            batch_data_samples: OptSampleList = None) -> Dict:
+                            batch_data_samples: OptSampleList = None,
+                            padding_mask: Optional[Tensor] = None) -> Dict:
         """Deformable DETR's encoder/decoder flow; also hands the encoder tokens to the head.
+
+        ``padding_mask`` (B, H_pad, W_pad) bool (True = padding) replaces the masks that
+        mmdet derives from the samples' ``img_shape`` (python ints): the ONNX graph takes
+        the image sizes as an input and builds it (mmdet drops the masks under export).
 
         Returns the location decoder's ``hidden_states`` (L, B, Q, C) and ``references``,
         the thing ``query_pos`` (B, Q, C), and ``memory`` (B, L_tok, C) with its padding
         mask, positional (+ level) embedding ``memory_pos`` and ``spatial_shapes``.
         """
         encoder_inputs, decoder_inputs = self.pre_transformer(img_feats, batch_data_samples)
+        if padding_mask is not None:
+            self._apply_padding_mask(encoder_inputs, decoder_inputs, img_feats, padding_mask)
         encoder_outputs = self.forward_encoder(**encoder_inputs)
         query_inputs, head_inputs = self.pre_decoder(**encoder_outputs)
         decoder_inputs.update(query_inputs)
@@ -81,6 +92,22 @@ class PanopticSegFormer(DeformableDETR):
             memory_pos=encoder_inputs['feat_pos'],
             spatial_shapes=encoder_inputs['spatial_shapes'])
         return head_inputs
+
+    def _apply_padding_mask(self, encoder_inputs: Dict, decoder_inputs: Dict,
+                            img_feats: Tuple[Tensor], padding_mask: Tensor) -> None:
+        """Set the token masks, positional embeddings and valid ratios of
+        :meth:`pre_transformer`'s outputs from a padding mask (as mmdet derives them from
+        ``img_shape``: nearest-resized per level)."""
+        level_masks = [F.interpolate(padding_mask[None].float(), size=feat.shape[-2:])[0]
+                       .to(torch.bool) for feat in img_feats]
+        feat_pos = [self.positional_encoding(mask).flatten(2).transpose(1, 2)
+                    + self.level_embed[level].view(1, 1, -1)
+                    for level, mask in enumerate(level_masks)]
+        feat_mask = torch.cat([mask.flatten(1) for mask in level_masks], 1)
+        valid_ratios = torch.stack([self.get_valid_ratio(mask) for mask in level_masks], 1)
+        encoder_inputs.update(feat_mask=feat_mask, feat_pos=torch.cat(feat_pos, 1),
+                              valid_ratios=valid_ratios)
+        decoder_inputs.update(memory_mask=feat_mask, valid_ratios=valid_ratios)
 
     def pre_decoder(self, memory: Tensor, memory_mask: Tensor,
                     spatial_shapes: Tensor) -> Tuple[Dict, Dict]:
@@ -111,14 +138,7 @@ class PanopticSegFormer(DeformableDETR):
 
     def add_pred_to_datasample(self, data_samples: SampleList,
                                results_list: List[dict]) -> SampleList:
-        for data_sample, results in zip(data_samples, results_list):
-            if 'pan_results' in results:
-                data_sample.pred_panoptic_seg = results['pan_results']
-            if 'ins_results' in results:
-                data_sample.pred_instances = results['ins_results']
-            if 'sem_results' in results:
-                data_sample.pred_sem_seg = results['sem_results']
-        return data_samples
+        return add_fusion_results(data_samples, results_list)
 
     def _forward(self, batch_inputs: Tensor,
                  batch_data_samples: OptSampleList = None) -> Tuple[List[Tensor]]:

@@ -21,8 +21,27 @@ from mmdet.registry import MODELS
 
 
 def level_shapes(spatial_shapes: Tensor) -> List[Tuple[int, int]]:
-    """(num_levels, 2) tensor of (h, w) -> list of python int pairs (one host sync)."""
+    """(num_levels, 2) tensor of (h, w) -> list of python int pairs (one host sync).
+
+    While tracing (ONNX export) the pairs are 0-dim tensors instead, so that the graph
+    computes the level sizes from the input size (dynamic height and width)."""
+    if torch.jit.is_tracing():
+        return [(h, w) for h, w in spatial_shapes]
     return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+
+
+def split_levels(tokens: Tensor, shapes: Sequence[Tuple[int, int]]) -> List[Tensor]:
+    """Split the last axis of ``tokens`` (L = sum h_i * w_i, in level order) per level."""
+    return list(tokens.split([h * w for h, w in shapes], dim=-1))
+
+
+def _resize_to(level: Tensor, index: int, target) -> Tensor:
+    """Levels after the first go to the first level's grid (bilinear). Decided by index,
+    not by comparing sizes, so the traced graph works at any input size (the levels have
+    different strides; an equal size would be an exact copy anyway)."""
+    if index == 0:
+        return level
+    return F.interpolate(level, size=target, mode='bilinear', align_corners=False)
 
 
 @MODELS.register_module()
@@ -82,7 +101,7 @@ def _check_attention(attn: Tensor, shapes: Sequence[Tuple[int, int]], num_heads:
     if len(shapes) != num_levels or attn.shape[2] != num_heads:
         raise ValueError(f'expected {num_heads} heads x {num_levels} levels, got '
                          f'{attn.shape[2]} heads x {len(shapes)} levels')
-    if sum(h * w for h, w in shapes) != attn.shape[3]:
+    if not torch.jit.is_tracing() and sum(h * w for h, w in shapes) != attn.shape[3]:
         raise ValueError(f'attention length {attn.shape[3]} != sum of level sizes {shapes}')
 
 
@@ -117,13 +136,8 @@ class AttentionMapToMask(BaseModule):
         batch, num_queries, num_heads, length = attn.shape
         attn = attn.reshape(batch * num_queries, num_heads, length)
         target = shapes[0]
-        maps, start = [], 0
-        for h, w in shapes:
-            level = attn[..., start:start + h * w].reshape(-1, num_heads, h, w)
-            start += h * w
-            if (h, w) != target:
-                level = F.interpolate(level, size=target, mode='bilinear', align_corners=False)
-            maps.append(level)
+        maps = [_resize_to(level.reshape(-1, num_heads, h, w), i, target)
+                for i, (level, (h, w)) in enumerate(zip(split_levels(attn, shapes), shapes))]
         mask = self.fc(torch.cat(maps, dim=1))
         return mask.view(batch, num_queries, *target)
 
@@ -156,16 +170,13 @@ class LevelwiseAttentionMapToMask(BaseModule):
     def forward(self, attn: Tensor, shapes: Sequence[Tuple[int, int]]) -> Tensor:
         _check_attention(attn, shapes, self.num_heads, self.num_levels)
         batch, num_queries, num_heads, _ = attn.shape
-        tokens = attn.transpose(2, 3)  # (B, N, L, h): the per-level FCs mix heads
         target = shapes[0]
-        maps, start = [], 0
-        for (h, w), level_fc in zip(shapes, self.level_fcs):
-            level = level_fc(tokens[:, :, start:start + h * w])
-            start += h * w
+        maps = []
+        for i, (level, (h, w), level_fc) in enumerate(
+                zip(split_levels(attn, shapes), shapes, self.level_fcs)):
+            level = level_fc(level.transpose(2, 3))  # (B, N, h_i*w_i, heads): mixes heads
             level = level.transpose(2, 3).reshape(-1, num_heads, h, w)
-            if (h, w) != target:
-                level = F.interpolate(level, size=target, mode='bilinear', align_corners=False)
-            maps.append(level)
+            maps.append(_resize_to(level, i, target))
         mask = self.fc(torch.cat(maps, dim=1).permute(0, 2, 3, 1))  # (B*N, H_1, W_1, 1)
         return mask.view(batch, num_queries, *target)
 

@@ -1,0 +1,249 @@
+"""onnxruntime vs PyTorch on the CPU: the exported networks of Mask2Former, MAPS and
+Panoptic SegFormer (tiny r18 synthetic configs and the R50 COCO configs).
+
+    python benchmarks/onnx_speed.py [--threads 1] [--tiny-size 128] [--r50-size 384]
+        [--iters 5] [--warmup 1] [--families mask2former maps panoptic_segformer]
+        [--sizes tiny r50] [--scene-slots 5] [--object-slots 80] [--padded-objects 20]
+        [--out results.json]
+
+For every (family, size) the config's model is built with random weights (``init_weights``
+without the backbone's pretrained ``init_cfg``; the speed does not depend on the weights),
+saved as a checkpoint and exported with :func:`mmmaps.deployment.export_onnx` at a fixed
+``S`` x ``S`` input into a temporary folder. Then the same graph module
+(:class:`~mmmaps.deployment.Mask2FormerGraph` / :class:`~mmmaps.deployment.PanopticSegFormerGraph`,
+eval mode, ``torch.no_grad()``) and the exported ``model.onnx`` (onnxruntime CPU session)
+run on the same fixed inputs (batch 1), interleaved (PyTorch, onnxruntime, PyTorch, ...)
+so that drift in the machine's speed hits both alike. MAPS runs the network with its memory
+inputs (``--scene-slots`` scene slots, ``--object-slots`` object slots of which the last
+``--padded-objects`` are padding), not the retrieval nor the key encoder. ``--threads N``
+sets both ``torch.set_num_threads(N)`` and onnxruntime's ``intra_op_num_threads`` to N.
+
+Prints a markdown table (median images/s of each backend, onnxruntime / PyTorch, max
+|PyTorch - onnxruntime| over the outputs) and writes it with the settings to ``--out``
+(JSON, written atomically).
+
+With random weights, ``export_onnx``'s own check at its default tolerance (1e-3) can fail
+(R50 MAPS at 384 x 384, all object slots padded: 0.018): Mask2Former's masked attention
+thresholds the previous layer's mask logits at 0 (sigmoid 0.5), and an untrained model has
+many logits near 0, so 1e-6 differences flip attention-mask bits. The benchmark passes
+``--export-tolerance`` (default 0.05) and reports the difference on its own inputs.
+"""
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from mmengine.config import Config  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
+
+from mmmaps.deployment import (Mask2FormerGraph, PanopticSegFormerGraph,  # noqa: E402
+                               export_onnx)
+from mmmaps.deployment.export import (build_model_from_config,  # noqa: E402
+                                      max_abs_difference)
+from mmmaps.deployment.graphs import memory_example  # noqa: E402
+
+CONFIGS = dict(
+    tiny=dict(
+        mask2former='configs/mask2former/mask2former_r18_synthetic-panoptic.py',
+        maps='configs/maps/maps_r18_synthetic-panoptic.py',
+        panoptic_segformer='configs/panoptic_segformer/panoptic-segformer_r18_synthetic.py'),
+    r50=dict(
+        mask2former='configs/mask2former/mask2former_r50_8xb2-lsj-50e_coco-panoptic.py',
+        maps='configs/maps/maps_r50_8xb2-lsj-50e_coco-panoptic.py',
+        panoptic_segformer='configs/panoptic_segformer/'
+        'panoptic-segformer_r50_8xb1-24e_coco-panoptic.py'))
+FAMILIES = ('mask2former', 'maps', 'panoptic_segformer')
+
+
+def cfg_options(cfg) -> dict:
+    """Random weights, offline: no torchvision backbone download, no CLIP weights file
+    (the MAPS key encoder is exported too; ``pretrained=None`` = random init from its seed)."""
+    options = {}
+    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
+        options['model.backbone.init_cfg'] = None
+    memory = cfg.get('memory') or {}
+    for name in ('key_encoder', 'dense_encoder'):
+        if (memory.get(name) or {}).get('pretrained') is not None:
+            options[f'memory.{name}.pretrained'] = None
+    return options
+
+
+def ort_session(path: str, threads: int):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def graph_inputs(graph, size: int, args) -> list:
+    """Fixed inputs (seeded) in ``graph.input_names`` order, batch 1."""
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, size, size, generator=generator)
+    if isinstance(graph, PanopticSegFormerGraph):
+        return [image, torch.tensor([[size, size]], dtype=torch.int64)]
+    if not graph.is_maps:
+        return [image]
+    memory = memory_example(graph, 1, args.scene_slots, args.object_slots, generator)
+    if graph.reads_objects:
+        mask = torch.zeros(1, args.object_slots, dtype=torch.bool)
+        if args.padded_objects:
+            mask[:, -args.padded_objects:] = True
+        memory[graph.input_names.index('object_mask') - 1] = mask
+    return [image, *memory]
+
+
+def timed_interleaved(fns, iters: int, warmup: int):
+    """Seconds of every run of each function, run in turn every iteration."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(iters):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return times
+
+
+def bench_one(family: str, tier: str, size: int, args, tmp: str) -> dict:
+    config = osp.join(REPO, CONFIGS[tier][family])
+    cfg = Config.fromfile(config)
+    options = cfg_options(cfg)
+    cfg.merge_from_dict(options)
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg)
+    model.init_weights()
+    model.eval()
+    folder = osp.join(tmp, f'{family}_{tier}')
+    os.makedirs(folder)
+    checkpoint = osp.join(folder, 'init.pth')
+    torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
+    start = time.perf_counter()
+    info = export_onnx(config, checkpoint, osp.join(folder, 'export'), shape=(size, size),
+                       cfg_options=options, tolerance=args.export_tolerance,
+                       log=lambda msg: print(f'  {msg}', flush=True))
+    export_s = time.perf_counter() - start
+    os.remove(checkpoint)
+
+    if family == 'panoptic_segformer':
+        graph = PanopticSegFormerGraph(model, with_stuff=model._with_stuff).eval()
+    else:
+        graph = Mask2FormerGraph(model).eval()
+    inputs = graph_inputs(graph, size, args)
+    feed = {name: tensor.numpy() for name, tensor in zip(graph.input_names, inputs)}
+    session = ort_session(osp.join(folder, 'export', 'model.onnx'), args.threads)
+    output_names = [o['name'] for o in info['outputs']]
+
+    def run_torch():
+        with torch.no_grad():
+            return graph(*inputs)
+
+    def run_ort():
+        return session.run(output_names, feed)
+
+    diffs = {name: max_abs_difference(ref, out, name)
+             for name, ref, out in zip(output_names, run_torch(), run_ort())}
+    t_torch, t_ort = timed_interleaved([run_torch, run_ort], args.iters, args.warmup)
+    m_torch, m_ort = statistics.median(t_torch), statistics.median(t_ort)
+    row = dict(family=family, size=tier, config=CONFIGS[tier][family], shape=[size, size],
+               cfg_options=options, export_seconds=round(export_s, 2),
+               inputs={n: list(a.shape) for n, a in feed.items()},
+               torch_seconds=t_torch, ort_seconds=t_ort,
+               torch_median_ms=1000 * m_torch, ort_median_ms=1000 * m_ort,
+               torch_images_per_s=1 / m_torch, ort_images_per_s=1 / m_ort,
+               ort_over_torch=m_torch / m_ort, max_abs_difference=diffs)
+    print(f'  PyTorch {1 / m_torch:.2f} img/s, onnxruntime {1 / m_ort:.2f} img/s '
+          f'(x{m_torch / m_ort:.2f}), max |diff| {max(diffs.values()):.2e}', flush=True)
+    return row
+
+
+def markdown(rows) -> str:
+    lines = ['| family | config | input | PyTorch img/s | onnxruntime img/s | '
+             'ORT / PyTorch | max abs diff |',
+             '|---|---|---|---:|---:|---:|---:|']
+    for r in rows:
+        lines.append(f'| {r["family"]} | {osp.basename(r["config"])} | '
+                     f'{r["shape"][0]}x{r["shape"][1]} | {r["torch_images_per_s"]:.2f} | '
+                     f'{r["ort_images_per_s"]:.2f} | {r["ort_over_torch"]:.2f} | '
+                     f'{max(r["max_abs_difference"].values()):.1e} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--families', nargs='+', choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument('--sizes', nargs='+', choices=('tiny', 'r50'), default=['tiny', 'r50'])
+    parser.add_argument('--tiny-size', type=int, default=128)
+    parser.add_argument('--r50-size', type=int, default=384)
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch.set_num_threads and onnxruntime intra_op_num_threads')
+    parser.add_argument('--iters', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--scene-slots', type=int, default=5, help='MAPS: k retrieved scenes')
+    parser.add_argument('--object-slots', type=int, default=80, help='MAPS: object slots')
+    parser.add_argument('--padded-objects', type=int, default=20,
+                        help='MAPS: how many of the object slots are padding (masked)')
+    parser.add_argument('--export-tolerance', type=float, default=0.05,
+                        help='max |PyTorch - onnxruntime| export_onnx accepts on its own '
+                        'verification inputs (its default 1e-3 can fail on random weights, '
+                        'see the module docstring)')
+    parser.add_argument('--out', help='write the results as JSON')
+    args = parser.parse_args(argv)
+    if args.iters < 1 or args.threads < 1 or not 0 <= args.padded_objects < args.object_slots:
+        parser.error('--iters and --threads must be >= 1, 0 <= --padded-objects < '
+                     '--object-slots')
+    torch.set_num_threads(args.threads)
+    MMLogger.get_instance('mmengine').setLevel(logging.WARNING)  # init_weights' report
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip: 'no pretrained weights loaded'
+    started = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tier in args.sizes:
+            size = args.tiny_size if tier == 'tiny' else args.r50_size
+            for family in args.families:
+                print(f'{family} {tier} at {size}x{size}:', flush=True)
+                rows.append(bench_one(family, tier, size, args, tmp))
+    import onnxruntime
+    table = markdown(rows)
+    print(f'\nbatch 1, {args.iters} iterations (median) after {args.warmup} warm-up, '
+          f'{args.threads} thread(s) for both backends, CPU ({os.cpu_count()} cores); '
+          f'torch {torch.__version__}, onnxruntime {onnxruntime.__version__}\n')
+    print(table)
+    if args.out:
+        result = dict(
+            command='python benchmarks/onnx_speed.py ' + ' '.join(
+                sys.argv[1:] if argv is None else argv),
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            machine=dict(cpu_count=os.cpu_count(), processor=platform.processor(),
+                         platform=platform.platform()),
+            versions=dict(torch=torch.__version__, onnxruntime=onnxruntime.__version__,
+                          numpy=np.__version__, python=platform.python_version()),
+            settings=dict(vars(args), batch=1), wall_seconds=time.perf_counter() - started,
+            rows=rows, table=table)
+        out = osp.abspath(args.out)
+        os.makedirs(osp.dirname(out), exist_ok=True)
+        with open(out + '.tmp', 'w') as f:
+            json.dump(result, f, indent=1)
+        os.replace(out + '.tmp', out)
+        print(f'\nwrote {out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,27 @@
+"""Errors of the ONNX export and runtime, and the check for the optional packages."""
+import importlib
+
+DEPLOY_REQUIREMENTS = 'requirements/deploy.txt'
+
+
+class DeploymentError(ValueError):
+    """An export or an exported model cannot be used as asked (the message says why)."""
+
+
+class CheckpointMismatchError(DeploymentError):
+    """The checkpoint's weights are not those of the config's model."""
+
+
+def require_onnx(what: str) -> None:
+    """Raise ImportError naming the install command when onnx/onnxruntime are missing."""
+    missing = []
+    for module in ('onnx', 'onnxruntime'):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(
+            f'{what} needs {" and ".join(missing)}, which {"are" if len(missing) > 1 else "is"} '
+            f'not installed: pip install -r {DEPLOY_REQUIREMENTS} (or pip install -e ".[deploy]"; '
+            'tools/setup_env.sh --deploy)')
