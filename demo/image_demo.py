@@ -22,9 +22,7 @@ import sys
 
 from mmengine.config import Config, DictAction
 
-
-class DemoError(ValueError):
-    """A usage error reported without a traceback."""
+from mmmaps.apis.demo import DemoError
 
 
 def parse_args(argv=None):
@@ -67,9 +65,8 @@ def main(argv=None):
 
     import torch
 
-    from mmmaps.apis import (BankImages, draw_panoptic, inference_panoptic,
-                             init_panoptic_model, panoptic_segments, read_rgb, retrieval_panel,
-                             uses_memory, write_png_atomic)
+    from mmmaps.apis import (inference_panoptic, init_panoptic_model, uses_memory,
+                             write_demo_output)
     if args.show_retrievals and not (uses_memory(cfg) or _model_type(cfg) == 'MAPS'):
         raise DemoError(f'--show-retrievals needs a MAPS config (a model that retrieves from a '
                         f'memory); {args.config} builds a {_model_type(cfg)}')
@@ -79,33 +76,10 @@ def main(argv=None):
         raise DemoError(f'--show-retrievals: the {type(model).__name__} of {args.config} has no '
                         'memory')
     sample = inference_panoptic(model, args.img)
-    image = read_rgb(args.img, 'image')
-    overlay = draw_panoptic(image, sample, model.dataset_meta, score_thr=args.score_thr,
-                            draw_boxes=not args.no_boxes)
-
-    segments = panoptic_segments(sample, model.dataset_meta['classes'])
-    print(f'{args.img}: {len(segments)} panoptic segments' +
-          (': ' + ', '.join(f'{name} ({area} px)' for name, _, area in segments[:12])
-           if segments else ' (everything void)'))
-    out = overlay
-    if args.show_retrievals:
-        retrieval = sample.metainfo.get('retrieval')
-        if retrieval is None:
-            raise DemoError('the model retrieved nothing for this image (its head reads no '
-                            'memory: use_scene_memory/use_object_memory are off)')
-        images = BankImages(model.cfg, model.memory.root)
-        found = [(int(i), float(s)) for i, s in zip(retrieval.image_ids[0].tolist(),
-                                                    retrieval.scores[0].tolist()) if i >= 0]
-        print(f'retrieved {len(found)} scenes from {model.memory.root.root}:')
-        for rank, (image_id, score) in enumerate(found):
-            print(f'  #{rank + 1}  id {image_id:<8d} similarity {score:.4f}  '
-                  f'{images.path(image_id)}')
-        if model.memory.self_retrievals(retrieval, [args.img])[0]:
-            print(f'note: {args.img} is in the memory (same file content); it retrieves itself')
-        out = retrieval_panel(overlay, osp.basename(args.img), found, images)
-    write_png_atomic(args.out_file, out)
-    print(f'wrote {args.out_file} ({out.shape[1]}x{out.shape[0]})')
-    return out
+    return write_demo_output(args.img, sample, model.dataset_meta, args.out_file,
+                             score_thr=args.score_thr, draw_boxes=not args.no_boxes,
+                             show_retrievals=args.show_retrievals, cfg=model.cfg,
+                             memory=getattr(model, 'memory', None))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
+import importlib.util
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
@@ -75,3 +77,12 @@ def synthetic_memory(synthetic_root, tmp_path_factory):
     """The tiny memory of the session's synthetic train split."""
     return build_tiny_memory(synthetic_root, str(tmp_path_factory.mktemp('memory') /
                                                  'synthetic_train'))
+
+
+def load_tool(relpath):
+    """A repo script as a module (to call its main() in this process: no start-up)."""
+    name = 'tool_' + re.sub(r'\W', '_', relpath)
+    spec = importlib.util.spec_from_file_location(name, osp.join(REPO_ROOT, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,6 @@ void everywhere, which would make the comparison empty. Among a few seeds the fi
 PyTorch prediction on the test image has at least two panoptic segments is kept.
 """
 import copy
-import importlib.util
 import os
 import os.path as osp
 import re
@@ -17,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, TINY_M2F, load_config_with_root
+from tests.conftest import REPO_ROOT, TINY_M2F, load_config_with_root, load_tool
 
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
 CLS_SCALE = 10.0  # sharpens the random class head: some queries become confident
@@ -80,15 +79,6 @@ def run_tools(commands, root, timeout=600):
         assert proc.returncode == 0, f'{args} failed:\n{stdout[-4000:]}\n{stderr[-4000:]}'
         results.append(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr))
     return results
-
-
-def load_tool(relpath):
-    """A repo script as a module (to call its main() in this process: no start-up)."""
-    name = 'tool_' + re.sub(r'\W', '_', relpath)
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO_ROOT, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def summary_of(stdout, image):

@@ -4,7 +4,6 @@ Nothing is trained: the models are their initialisations (tools/misc/init_checkp
 the memory is the session's tiny random-weight memory (``synthetic_memory``).
 """
 import hashlib
-import importlib.util
 import os
 import os.path as osp
 import re
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, TINY_M2F, load_config_with_root, run_tool
+from tests.conftest import REPO_ROOT, TINY_M2F, load_config_with_root, load_tool, run_tool
 
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
 TINY_PSF = osp.join(REPO_ROOT, 'configs', 'panoptic_segformer',
@@ -24,15 +23,6 @@ TINY_PSF = osp.join(REPO_ROOT, 'configs', 'panoptic_segformer',
 CONFIGS = dict(mask2former=TINY_M2F, maps=TINY_MAPS, panoptic_segformer=TINY_PSF)
 SIZE = 64  # the synthetic_root fixture's images are 64x64
 TILE = 96
-
-
-def load_tool(relpath):
-    """A repo script as a module (to call its main() in this process)."""
-    name = 'tool_' + re.sub(r'\W', '_', relpath)
-    spec = importlib.util.spec_from_file_location(name, osp.join(REPO_ROOT, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_png(path):

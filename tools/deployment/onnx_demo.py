@@ -27,9 +27,7 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-
-class DemoError(ValueError):
-    """A usage error reported without a traceback."""
+from mmmaps.apis.demo import DemoError
 
 
 def parse_args(argv=None):
@@ -67,8 +65,7 @@ def main(argv=None):
     args = parse_args(argv)
     _check_inputs(args)
 
-    from mmmaps.apis import (BankImages, draw_panoptic, panoptic_segments, read_rgb,
-                             retrieval_panel, write_png_atomic)
+    from mmmaps.apis import write_demo_output
     from mmmaps.deployment import ONNXPanopticPredictor, read_export
     info = read_export(args.export_dir)  # DeploymentError naming the folder if not an export
     if args.show_retrievals and info.get('family') != 'maps':
@@ -83,34 +80,10 @@ def main(argv=None):
         raise DemoError(f'--show-retrievals: the MAPS export {args.export_dir} reads no memory '
                         '(use_scene_memory/use_object_memory are off)')
     sample = predictor(args.img)
-    image = read_rgb(args.img, 'image')
-    overlay = draw_panoptic(image, sample, predictor.dataset_meta, score_thr=args.score_thr,
-                            draw_boxes=not args.no_boxes)
-
-    segments = panoptic_segments(sample, predictor.dataset_meta['classes'])
-    print(f'{args.img}: {len(segments)} panoptic segments' +
-          (': ' + ', '.join(f'{name} ({area} px)' for name, _, area in segments[:12])
-           if segments else ' (everything void)'))
-    out = overlay
-    if args.show_retrievals:
-        retrieval = sample.metainfo.get('retrieval')
-        if retrieval is None:
-            raise DemoError('the model retrieved nothing for this image (its head reads no '
-                            'memory: use_scene_memory/use_object_memory are off)')
-        memory = predictor.memory
-        images = BankImages(predictor.cfg, memory.root)
-        found = [(int(i), float(s)) for i, s in zip(retrieval.image_ids[0].tolist(),
-                                                    retrieval.scores[0].tolist()) if i >= 0]
-        print(f'retrieved {len(found)} scenes from {memory.root.root}:')
-        for rank, (image_id, score) in enumerate(found):
-            print(f'  #{rank + 1}  id {image_id:<8d} similarity {score:.4f}  '
-                  f'{images.path(image_id)}')
-        if memory.self_retrievals(retrieval, [args.img])[0]:
-            print(f'note: {args.img} is in the memory (same file content); it retrieves itself')
-        out = retrieval_panel(overlay, osp.basename(args.img), found, images)
-    write_png_atomic(args.out_file, out)
-    print(f'wrote {args.out_file} ({out.shape[1]}x{out.shape[0]})')
-    return out
+    return write_demo_output(args.img, sample, predictor.dataset_meta, args.out_file,
+                             score_thr=args.score_thr, draw_boxes=not args.no_boxes,
+                             show_retrievals=args.show_retrievals, cfg=predictor.cfg,
+                             memory=predictor.memory)
 
 
 if __name__ == '__main__':
