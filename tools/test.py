@@ -146,6 +146,9 @@ def main(argv=None):
         from mmmaps.deployment import onnx_model_config
         cfg.model = onnx_model_config(cfg, args.checkpoint, args.ort_threads)
         cfg.load_from = None
+        # nothing to synchronise: DistributedDataParallel refuses a model without trainable
+        # parameters; this wrapper leaves such a model as it is
+        cfg.model_wrapper_cfg = dict(type='MMSeparateDistributedDataParallel')
     else:
         cfg.load_from = args.checkpoint
     if args.memory:

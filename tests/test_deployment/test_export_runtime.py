@@ -334,7 +334,7 @@ def test_maps_aug_cls_takes_the_query_keys(exports, tmp_path):
     aug_cfg = _config('maps', cfg.train_dataloader.dataset.data_root,
                       {'model.panoptic_head.aug_cls': True})
     model = build_model_from_config(aug_cfg).eval()
-    model.load_state_dict(torch.load(ckpt)['state_dict'])
+    model.load_state_dict(torch.load(ckpt, weights_only=True)['state_dict'])
     head = model.panoptic_head
     generator = torch.Generator().manual_seed(6)
     image = torch.randn(1, 3, 64, 64, generator=generator)

@@ -75,3 +75,24 @@ def test_onnxruntime_evaluation_matches_pytorch(name, trained_tiny, synthetic_ro
         agree += int((same_category & (ids_a == ids_b)).sum())
         total += ids_a.size
     assert agree / total >= 0.995, f'{name}: panoptic maps agree on {agree / total:.4%}'
+
+
+def test_dist_test_runs_an_export(trained_tiny, synthetic_root, tmp_path):
+    """tools/dist_test.sh (2 processes, gloo) with --backend onnxruntime: the model has no
+    trainable parameters, which DistributedDataParallel refuses; the same PQ as 1 process."""
+    config, checkpoint, options = trained_tiny['mask2former']
+    options = options + ['model.test_cfg.object_mask_thr=0.3']
+    export = str(tmp_path / 'export')
+    _run(['tools/deployment/export_onnx.py', config, checkpoint, '--out', export, '--dynamic',
+          '--cfg-options'] + options, synthetic_root)
+    single, _ = _evaluate(config, export, str(tmp_path / 'one'), options, synthetic_root,
+                          backend='onnxruntime')
+    proc = subprocess.run(
+        ['bash', 'tools/dist_test.sh', config, export, '2', '--backend', 'onnxruntime',
+         '--ort-threads', '1', '--work-dir', str(tmp_path / 'two'), '--cfg-options'] + options,
+        cwd=REPO_ROOT, env=tool_env(synthetic_root), capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / 'two' / 'metrics.json') as f:
+        two = json.load(f)
+    assert two['coco_panoptic/PQ'] == pytest.approx(single['coco_panoptic/PQ'], abs=1e-6)
