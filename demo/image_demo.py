@@ -22,7 +22,7 @@ import sys
 
 from mmengine.config import Config, DictAction
 
-from mmmaps.apis.demo import DemoError
+from mmmaps.apis.demo import DemoError, add_demo_output_arguments
 
 
 def parse_args(argv=None):
@@ -30,15 +30,9 @@ def parse_args(argv=None):
     parser.add_argument('img', help='image file')
     parser.add_argument('config', help='model config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--out-file', required=True, help='output PNG')
+    add_demo_output_arguments(parser)
     parser.add_argument('--device', default=None,
                         help='device, e.g. cpu or cuda:0 (default: cuda:0 when available)')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='draw the boxes of thing detections scoring above this')
-    parser.add_argument('--no-boxes', action='store_true',
-                        help='draw only the panoptic segmentation, no detection boxes')
-    parser.add_argument('--show-retrievals', action='store_true',
-                        help='MAPS: show the retrieved scene images and their scores')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, xxx=yyy format '
                         '(e.g. memory.root=DIR)')

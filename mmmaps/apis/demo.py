@@ -14,6 +14,17 @@ class DemoError(ValueError):
     """A usage error the demos report without a traceback."""
 
 
+def add_demo_output_arguments(parser) -> None:
+    """The options of :func:`write_demo_output` that both demos take."""
+    parser.add_argument('--out-file', required=True, help='output PNG')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='draw the boxes of thing detections scoring above this')
+    parser.add_argument('--no-boxes', action='store_true',
+                        help='draw only the panoptic segmentation, no detection boxes')
+    parser.add_argument('--show-retrievals', action='store_true',
+                        help='MAPS: show the retrieved scene images and their scores')
+
+
 def write_demo_output(img_path: str, sample, dataset_meta: dict, out_file: str,
                       score_thr: float = 0.3, draw_boxes: bool = True,
                       show_retrievals: bool = False, cfg=None, memory=None) -> np.ndarray:

@@ -27,23 +27,17 @@ import os.path as osp
 
 from mmengine.config import DictAction
 
-from mmmaps.apis.demo import DemoError
+from mmmaps.apis.demo import DemoError, add_demo_output_arguments
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('img', help='image file')
     parser.add_argument('export_dir', help='folder written by tools/deployment/export_onnx.py')
-    parser.add_argument('--out-file', required=True, help='output PNG')
+    add_demo_output_arguments(parser)
     parser.add_argument('--memory', default=None, metavar='DIR',
                         help='MAPS: memory directory (default: memory.root of the exported '
                         'config)')
-    parser.add_argument('--score-thr', type=float, default=0.3,
-                        help='draw the boxes of thing detections scoring above this')
-    parser.add_argument('--no-boxes', action='store_true',
-                        help='draw only the panoptic segmentation, no detection boxes')
-    parser.add_argument('--show-retrievals', action='store_true',
-                        help='MAPS: show the retrieved scene images and their scores')
     parser.add_argument('--threads', type=int, default=None, metavar='N',
                         help='onnxruntime intra-op threads (default: all cores)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
