@@ -14,6 +14,9 @@ release_mask_layer = dict(embed_dims=embed_dims, num_heads=num_heads,
                           ffn_act_cfg=dict(type='GELU'), norm_cfg=dict(type='LN', eps=1e-6))
 
 model = dict(
+    # no padding (the release pads to a multiple of 1 and trains one image per GPU: its
+    # weights never saw padded borders, and its masks are resized from the 1/8 grid)
+    data_preprocessor=dict(pad_size_divisor=1),
     num_feature_levels=encoder_levels,
     neck=dict(num_outs=encoder_levels),
     encoder=dict(layer_cfg=dict(self_attn_cfg=dict(num_levels=encoder_levels))),
@@ -31,8 +34,10 @@ model = dict(
             mask_head=dict(type='LevelwiseAttentionMapToMask'), tail=True,
             query_pos='input', memory_pos=False,
             layer_cfg=dict(release_mask_layer, self_attn=True, self_attn_heads=num_heads)),
-        filter_rounds=3,
-        filter_max_queries=20,  # the number of thing queries
+        # one Hungarian round: the release's HungarianAssigner_filter asks for min(3, 300 // N)
+        # but its loop always stops after the first (it tests the just-matched pairs' cost
+        # after setting their rows to INF); filter_rounds=3 is what its code intended
+        filter_rounds=1,
         mask_loss_upsample=2,
         thing_aux_branches=True,
         thing_aux_loss_weight=0.0,
@@ -43,11 +48,15 @@ model = dict(
     train_cfg=dict(
         mask_assigner=dict(
             match_costs=[
-                dict(type='FocalLossCost', weight=2.0),
+                # the release's HungarianAssigner_multi_info doubles cls_cost's weight 2
+                dict(type='FocalLossCost', weight=4.0),
                 dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),
                 dict(type='IoUCost', iou_mode='giou', weight=2.0),
-                dict(type='DiceCost', weight=2.0, pred_act=False, naive_dice=False, eps=1e-3)
+                dict(type='SquaredDiceCost', weight=2.0, eps=1e-3)
             ])),
     test_cfg=dict(
+        mask_resize='one_step',  # the 1/8 masks straight to the original image size
+        mask_area_offset=1,  # mask score sum(m[m > .5]) / (|m > .5| + 1)
+        instance_score='merging',  # AP of the things ranked by the merging score
         mask_activation='identity',
         t_keep=dict(_delete_=True, thing=0.6, stuff=0.8)))

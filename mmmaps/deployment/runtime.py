@@ -34,6 +34,7 @@ from mmdet.structures import SampleList
 from ..memory.encoders.base import resize_center_crop
 from ..memory.storage import MemoryBankError
 from ..models.detectors.maps import unnormalized_images
+from ..models.seg_heads.mask_wise_merging_head import MaskWiseMergingFusionHead
 from ..models.utils import add_fusion_results
 from .errors import DeploymentError, require_onnx
 from .export import CONFIG_PY, MODEL_ONNX, read_export
@@ -295,9 +296,11 @@ class ONNXRuntimePanopticModel(BaseModel):
         inputs = self._fit_to_graph(inputs, data_samples)
         cls_logits, mask_logits = self._run_graph(inputs, data_samples, feeds)
         device = inputs.device
-        masks = F.interpolate(torch.from_numpy(mask_logits).to(device),
-                              size=tuple(inputs.shape[-2:]), mode='bilinear',
-                              align_corners=False)
+        masks = torch.from_numpy(mask_logits).to(device)
+        if not isinstance(self.panoptic_fusion_head, MaskWiseMergingFusionHead):
+            # mmdet's fusion head crops masks of the padded input, as mmdet's heads give it
+            masks = F.interpolate(masks, size=tuple(inputs.shape[-2:]), mode='bilinear',
+                                  align_corners=False)
         results = self.panoptic_fusion_head.predict(torch.from_numpy(cls_logits).to(device),
                                                     masks, data_samples, rescale=rescale)
         return add_fusion_results(data_samples, results)

@@ -367,3 +367,75 @@ def test_in_a_mask2former_config(synthetic_env):
         pan, sem = result['pan_results'].sem_seg[0], result['sem_results'].sem_seg[0]
         assert (pan != 13).any()
         np.testing.assert_array_equal(sem.numpy(), semantic_via_mmdet(pan, 13))
+
+
+def test_one_step_resize_is_torch_bilinear_on_the_image_part_of_the_grid():
+    """'one_step' (the release): an unpadded image's grid goes to ori_shape in one
+    F.interpolate; a padded one's image part (here exactly the top-left half of the grid)
+    likewise. 'crop_then_resize' (mmdet): to the padded input, crop, to ori_shape."""
+    gen = torch.Generator().manual_seed(0)
+    grid = torch.randn(3, 8, 12, generator=gen)
+    one_step = make_head(mask_resize='one_step')
+    meta = dict(img_shape=(64, 96), batch_input_shape=(64, 96), ori_shape=(50, 75))
+    torch.testing.assert_close(
+        one_step.resize_masks(grid, meta, rescale=True),
+        F.interpolate(grid[None], size=(50, 75), mode='bilinear', align_corners=False)[0])
+    padded = dict(img_shape=(32, 48), batch_input_shape=(64, 96), ori_shape=(45, 70))
+    torch.testing.assert_close(
+        one_step.resize_masks(grid, padded, rescale=True),
+        F.interpolate(grid[None, :, :4, :6], size=(45, 70), mode='bilinear',
+                      align_corners=False)[0], rtol=1e-5, atol=1e-5)
+    assert one_step.resize_masks(grid, padded, rescale=False).shape == (3, 32, 48)
+    two_steps = F.interpolate(grid[None], size=(64, 96), mode='bilinear',
+                              align_corners=False)[0, :, :32, :48]
+    torch.testing.assert_close(
+        make_head().resize_masks(grid, padded, rescale=True),
+        F.interpolate(two_steps[None], size=(45, 70), mode='bilinear', align_corners=False)[0])
+    with pytest.raises(KeyError, match='batch_input_shape'):
+        one_step.resize_masks(grid, dict(img_shape=(8, 12), ori_shape=(8, 12)), True)
+    with pytest.raises(ValueError, match='mask_resize'):
+        make_head(mask_resize='nearest').resize_masks(grid, meta, True)
+
+
+def test_mask_area_offset_and_exact_keep_threshold():
+    """The release's mask score sum(m[m > .5]) / (area + 1): one query (sigmoid p .9) whose
+    4 pixels have .8: s = .9 * (3.2 / 5)^2 = .36864 with offset 1, .9 * .8^2 = .576 without
+    (hand-computed); t_cnf between the two keeps it only without the offset."""
+    cls = torch.full((1, VOID), -BIG)
+    cls[0, 1] = float(np.log(.9 / .1))
+    pred = torch.zeros(1, 3, 3)
+    pred[0, :2, :2] = .8
+    for offset, expected_s in ((0, .576), (1, .36864)):
+        head = make_head(cls_activation='sigmoid', mask_activation='identity',
+                         mask_area_offset=offset)
+        scores, _, _ = head._candidates(cls, pred)
+        torch.testing.assert_close(scores, torch.tensor([expected_s]), rtol=1e-5, atol=1e-6)
+        pan = make_head(cls_activation='sigmoid', mask_activation='identity',
+                        mask_area_offset=offset, t_cnf=.5).panoptic_postprocess(cls, pred)
+        assert (pan.sem_seg[0, :2, :2] != VOID).all() == (offset == 0)
+
+
+def test_a_mask_painted_exactly_at_one_minus_t_keep_is_kept():
+    """q1 (5 pixels) finds 2 of them painted by q0: 2 / 5 = 1 - 0.6 exactly; the release
+    drops a mask only when more than 1 - t_keep is painted (0.4 > 0.4 is false)."""
+    q0 = box(4, 5, 0, 1, 0, 2)  # 2 pixels
+    q1 = box(4, 5, 0, 1, 0, 5)  # 5 pixels: 2 shared
+    cls = softmax_logits([(0, .95), (1, .9)])
+    pan = make_head(t_keep=0.6).panoptic_postprocess(cls, mask_logits([q0, q1])).sem_seg[0]
+    assert (pan[0, 2:] == 1 + 2 * INSTANCE_OFFSET).all()
+    # 3 of q1's 6 pixels painted (0.5 > 0.4): dropped
+    q0, q1 = box(4, 5, 0, 1, 0, 3), box(4, 5, 0, 2, 0, 3)
+    pan = make_head(t_keep=0.6).panoptic_postprocess(cls, mask_logits([q0, q1])).sem_seg[0]
+    assert (pan[1] == VOID).all()
+
+
+def test_instance_score_of_the_release_is_the_merging_score():
+    """'merging': p^alpha * (sum(m[m > .5]) / (area + offset))^beta; here p .5, masks .6 and
+    .8 on 3 pixels each: .5 * (4.2 / 7)^2 = .18 (hand-computed)."""
+    pred = torch.tensor([[[.6, .1, .8]] * 3])
+    cls = softmax_logits([(1, .5)])
+    ins = make_head(max_per_image=1, mask_activation='identity', instance_score='merging',
+                    mask_area_offset=1).instance_postprocess(cls, pred)
+    torch.testing.assert_close(ins.scores, torch.tensor([.18]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match='instance_score'):
+        make_head(instance_score='max').instance_postprocess(cls, pred)

@@ -126,6 +126,21 @@ def test_batch_loss_weights_hand_computed():
         batch_loss_weights([full], 'pixels')
 
 
+def test_batch_loss_weights_clamp_rank_averaged_counts_at_one(monkeypatch):
+    """As the release: lambda_things = T / (T + S) with T = clamp(mean over ranks of the
+    thing count, min=1). Two ranks (reduce_mean halves the sums): 2 things and no stuff on
+    this rank and none elsewhere -> T = 1, S = clamp(0, 1) = 1; 1 thing, 2 stuff ->
+    T = clamp(.5, 1) = 1, S = 1."""
+    from mmmaps.models.utils import panoptic_targets
+    monkeypatch.setattr(panoptic_targets, 'reduce_mean', lambda t: t / 2)
+    full = build_panoptic_targets(_sample(), NUM_THINGS, NUM_STUFF)  # 2 things, 2 stuff
+    no_stuff = PanopticTargets(full.things, full.stuff[:0])
+    assert batch_loss_weights([no_stuff], 'count') == pytest.approx((.5, .5))
+    one_thing = PanopticTargets(full.things[:1], full.stuff)
+    assert batch_loss_weights([one_thing], 'count') == pytest.approx((.5, .5))
+    assert batch_loss_weights([full, full], 'count') == pytest.approx((.5, .5))
+
+
 def test_area_averaged_targets_keep_small_objects():
     """A 4x4 object at a position not aligned to the 1/8 grid: its 1/8 target is not empty
     and holds its 16 pixels (bilinear without antialiasing reads 4 pixels per cell)."""

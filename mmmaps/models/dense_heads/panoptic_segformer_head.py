@@ -3,7 +3,6 @@ import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from mmcv.cnn import Linear
 from mmengine.model import bias_init_with_prob
 from mmengine.structures import InstanceData
@@ -15,8 +14,7 @@ from mmdet.structures import SampleList
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from mmdet.utils import reduce_mean
 from ..layers.attention_mask_decoder import AttentionMaskDecoder
-from ..losses import QueryAssignment, query_set_losses
-from ..losses.query_set_loss import resize_masks
+from ..losses import MASK_TARGET_RESIZES, QueryAssignment, query_set_losses, resize_masks
 from ..utils import (PanopticTargets, batch_loss_weights, build_panoptic_targets,
                      select_thing_queries)
 
@@ -60,6 +58,9 @@ class PanopticSegFormerHead(DeformableDETRHead):
         deep_supervision (bool): Losses on every mask-decoder layer (True) or only on the
             last (Fig. 5 "w/o ds"; the earlier layers' branches then get no gradient, so
             distributed training needs ``find_unused_parameters=True``).
+        mask_target_resize (str): How the input-resolution ground-truth masks become the
+            loss's and the matching cost's targets: ``'area'`` (default, area averaging:
+            small segments keep their mass) or ``'bilinear'`` (the authors' release).
         Other args as mmdet's :class:`DeformableDETRHead` (``num_classes`` is derived).
 
     ``test_cfg.mask_decoder_layer`` (int): take the masks of that layer (1-based) and skip
@@ -69,7 +70,7 @@ class PanopticSegFormerHead(DeformableDETRHead):
     mask-decoder outputs per layer: thing_cls (B, Q, C_th), stuff_cls (B, S), thing_masks
     (B, Q, h, w), stuff_masks (B, S, h, w); ``predict`` returns class logits
     (B, Q + S, C_th + C_st) (sigmoid; -inf where a query cannot predict a class) and mask
-    logits (B, Q + S, H_pad, W_pad) for :class:`MaskWiseMergingFusionHead`.
+    logits (B, Q + S, h, w) for :class:`MaskWiseMergingFusionHead`, which resizes them.
     """
 
     def __init__(self,
@@ -86,6 +87,7 @@ class PanopticSegFormerHead(DeformableDETRHead):
                  thing_stuff_weighting: Optional[str] = 'count',
                  query_filter: Optional[dict] = None,
                  deep_supervision: bool = True,
+                 mask_target_resize: str = 'area',
                  **kwargs) -> None:
         if 'num_classes' in kwargs:
             raise ValueError('PanopticSegFormerHead derives num_classes from '
@@ -102,6 +104,10 @@ class PanopticSegFormerHead(DeformableDETRHead):
         self.thing_stuff_weighting = thing_stuff_weighting if query_decoupling else None
         self.query_filter = query_filter
         self.deep_supervision = deep_supervision
+        if mask_target_resize not in MASK_TARGET_RESIZES:
+            raise ValueError(f'mask_target_resize must be one of {MASK_TARGET_RESIZES}, got '
+                             f'{mask_target_resize!r}')
+        self.mask_target_resize = mask_target_resize
         num_classes = num_things_classes + (0 if query_decoupling else num_stuff_classes)
         super().__init__(*args, num_classes=num_classes, **kwargs)
         self.loss_mask_cls = MODELS.build(loss_mask_cls)
@@ -346,7 +352,7 @@ class PanopticSegFormerHead(DeformableDETRHead):
         """Hungarian matching of the thing (or, joint, all) queries on the last layer."""
         assignments = []
         for b, (gt, meta) in enumerate(zip(gts, metas)):
-            gt_masks = resize_masks(gt.masks, mask_size)
+            gt_masks = resize_masks(gt.masks, mask_size, self.mask_target_resize)
             pred = InstanceData(scores=last['thing_cls'][b].detach(),
                                 masks=last['thing_masks'][b].detach())
             if preds is not None:
@@ -371,7 +377,8 @@ class PanopticSegFormerHead(DeformableDETRHead):
             stuff = target.stuff
             query_inds = stuff.labels - self.num_things_classes
             assignments.append(QueryAssignment(query_inds, torch.zeros_like(query_inds),
-                                               resize_masks(stuff.masks, mask_size),
+                                               resize_masks(stuff.masks, mask_size,
+                                                            self.mask_target_resize),
                                                weight))
         return assignments
 
@@ -440,7 +447,8 @@ class PanopticSegFormerHead(DeformableDETRHead):
                 memory: Tensor, memory_mask: Optional[Tensor], memory_pos: Tensor,
                 spatial_shapes: Tensor, batch_data_samples: SampleList,
                 with_stuff: bool = True, **kwargs) -> Tuple[Tensor, Tensor]:
-        """Class logits (B, N, C_all) and mask logits (B, N, H_pad, W_pad) of one layer.
+        """Class logits (B, N, C_all) and mask logits (B, N, h, w) of one layer, on the
+        grid of the first level the mask decoder reads (the fusion head resizes them).
 
         ``with_stuff=False`` (instance mode, Table 4) leaves the stuff queries out.
         """
@@ -451,9 +459,6 @@ class PanopticSegFormerHead(DeformableDETRHead):
         masks = last['thing_masks']
         if 'stuff_masks' in last:
             masks = torch.cat([masks, last['stuff_masks']], dim=1)
-        batch_input_shape = batch_data_samples[0].metainfo['batch_input_shape']
-        masks = F.interpolate(masks, size=batch_input_shape, mode='bilinear',
-                              align_corners=False)
         return self.class_logits(last), masks
 
     def forward_tensors(self, hidden_states: Tensor, references: List[Tensor],

@@ -32,8 +32,8 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
       mask is the final one;
     - training: only the thing queries that ``filter_rounds`` rounds of Hungarian
       matching on the location decoder pick enter the thing decoder (at most
-      ``filter_max_queries // num_gt`` rounds); inference: the ``test_cfg.max_per_image``
-      best (query, class) pairs of the location decoder;
+      ``filter_max_queries // num_gt`` rounds), in query order; inference: the
+      ``test_cfg.max_per_image`` best (query, class) pairs of the location decoder;
     - thing classes and scores come from the location decoder; the thing decoder only
       predicts masks. Its per-layer class/box branches exist as in the release
       (``thing_aux_branches``) and are trained with ``thing_aux_loss_weight`` (0 in the
@@ -41,19 +41,24 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
     - stuff classification (``loss_stuff_cls``) on every stuff-decoder layer except the
       tail; mask losses (``loss_mask``) on every layer and the tail of both decoders,
       computed after upsampling the predicted masks by ``mask_loss_upsample``
-      (1/8 -> 1/4) against area-averaged targets.
+      (1/8 -> 1/4) against targets resized from the input resolution by
+      ``mask_target_resize`` (the release: bilinear; also for the Dice matching cost).
 
     Args:
         thing_mask_decoder, stuff_mask_decoder (dict): :class:`AttentionMaskDecoder`
             configs (the release: 4 layers; 6 layers with self-attention).
         loss_stuff_cls (dict): Stuff classification loss (release: focal, 2 x 2).
-        filter_rounds (int): Hungarian rounds of the training query filter (3).
-        filter_max_queries (int): Caps the rounds at ``filter_max_queries // num_gt`` (100).
+        filter_rounds (int): Hungarian rounds of the training query filter: 1 (default),
+            what the release does (its loop stops after the first round although it asks
+            for ``min(3, 300 // num_gt)``); 3 is what its code intended.
+        filter_max_queries (int | None): Caps the rounds at ``filter_max_queries // num_gt``;
+            None (default): the number of thing queries (the release: ``300 // num_gt``).
         mask_loss_upsample (int): Upsampling of the predicted masks before the mask loss.
         thing_aux_branches (bool): Build the thing decoder's class and box branches.
         thing_aux_loss_weight (float): Their loss weight (release: 0).
         Others as :class:`PanopticSegFormerHead` (``mask_decoder``, ``query_filter`` and
-        ``query_decoupling=False`` are not used here).
+        ``query_decoupling=False`` are not used here; ``mask_target_resize`` defaults to
+        the release's ``'bilinear'``).
 
     Shapes (B images, K kept thing queries, S stuff queries, grid h x w of the first
     level): the decoders return per layer queries (B, K | S, C) and masks
@@ -69,8 +74,8 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
                  stuff_mask_decoder: dict,
                  loss_stuff_cls: dict = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
                                              alpha=0.25, loss_weight=4.0),
-                 filter_rounds: int = 3,
-                 filter_max_queries: int = 100,
+                 filter_rounds: int = 1,
+                 filter_max_queries: Optional[int] = None,
                  mask_loss_upsample: int = 2,
                  thing_aux_branches: bool = True,
                  thing_aux_loss_weight: float = 0.0,
@@ -94,6 +99,7 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
         self.thing_aux_branches = thing_aux_branches
         self.thing_aux_loss_weight = thing_aux_loss_weight
         kwargs.update(mask_decoder=None, query_filter=None)
+        kwargs.setdefault('mask_target_resize', 'bilinear')
         super().__init__(*args, **kwargs)
         self.loss_stuff_cls = MODELS.build(loss_stuff_cls)
         if not self.has_location_decoder:
@@ -142,10 +148,10 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
             nn.init.constant_(branch.bias, bias)
 
     # ------------------------------------------------------------------ forward
-    def _run_decoders(self, thing_query: Tensor, memory: Tensor, memory_pos: Tensor,
-                      memory_mask: Optional[Tensor], spatial_shapes: Tensor,
-                      with_stuff: bool = True
-                      ) -> Tuple[List[MaskDecoderOutput], List[MaskDecoderOutput]]:
+    def run_mask_decoders(self, thing_query: Tensor, memory: Tensor, memory_pos: Tensor,
+                          memory_mask: Optional[Tensor], spatial_shapes: Tensor,
+                          with_stuff: bool = True
+                          ) -> Tuple[List[MaskDecoderOutput], List[MaskDecoderOutput]]:
         """Thing decoder on (B, K, C) thing queries (no positional embedding, as the
         release) and, if ``with_stuff``, stuff decoder on the stuff queries."""
         outputs = []
@@ -166,6 +172,21 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
             outputs.append(decoder(query, query_pos, mem, mem_pos, mem_mask, shapes))
         return outputs[0], outputs[1]
 
+    def best_thing_pairs(self, hidden_states: Tensor, references: List[Tensor]
+                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The ``test_cfg.max_per_image`` (K) best (query, thing class) pairs of the location
+        decoder's last layer, best first: their queries (B, K, C), query indices (B, K),
+        classes (B, K) and class logits (B, K)."""
+        loc_cls, _ = self.location_predictions(hidden_states, references)
+        cls_last = loc_cls[-1]  # (B, Q, C_th)
+        _, num_queries, num_classes = cls_last.shape
+        k = min((self.test_cfg or {}).get('max_per_image', 100), num_queries * num_classes)
+        pair_logits, pairs = cls_last.flatten(1).topk(k, dim=1)
+        query_inds = pairs // num_classes
+        query = hidden_states[-1].gather(
+            1, query_inds[..., None].expand(-1, -1, hidden_states.shape[-1]))
+        return query, query_inds, pairs % num_classes, pair_logits
+
     def forward_tensors(self, hidden_states: Tensor, references: List[Tensor],
                         query_pos: Tensor, memory: Tensor, memory_mask: Optional[Tensor],
                         memory_pos: Tensor, spatial_shapes: Tensor,
@@ -176,17 +197,11 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
         if (self.test_cfg or {}).get('mask_decoder_layer') is not None:
             raise ValueError('test_cfg.mask_decoder_layer is not supported by the release '
                              'head (two mask decoders of different depths)')
-        loc_cls, _ = self.location_predictions(hidden_states, references)
-        cls_last = loc_cls[-1]  # (B, Q, C_th)
-        batch, num_queries, num_classes = cls_last.shape
-        k = min((self.test_cfg or {}).get('max_per_image', 100), num_queries * num_classes)
-        pair_logits, pairs = cls_last.flatten(1).topk(k, dim=1)
-        query_inds, labels = pairs // num_classes, pairs % num_classes
-        query = hidden_states[-1].gather(
-            1, query_inds[..., None].expand(-1, -1, hidden_states.shape[-1]))
-        things, stuff = self._run_decoders(query, memory, memory_pos, memory_mask,
-                                           spatial_shapes, with_stuff)
-        thing_cls = cls_last.new_full((batch, k, num_classes), float('-inf'))
+        query, _, labels, pair_logits = self.best_thing_pairs(hidden_states, references)
+        batch, k = labels.shape
+        things, stuff = self.run_mask_decoders(query, memory, memory_pos, memory_mask,
+                                               spatial_shapes, with_stuff)
+        thing_cls = pair_logits.new_full((batch, k, self.num_things_classes), float('-inf'))
         thing_cls.scatter_(2, labels[..., None], pair_logits[..., None])
         out = dict(thing_cls=thing_cls, thing_masks=things[-1].masks)
         if stuff:
@@ -209,14 +224,15 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
 
         preds = [self._location_instances(loc_cls[-1, b], loc_coords[-1, b], meta)
                  for b, meta in enumerate(metas)]
+        max_queries = self.filter_max_queries or hidden_states.shape[2]
         keep = [release_thing_queries(pred, gt, meta, self.assigner, self.filter_rounds,
-                                      self.filter_max_queries)
+                                      max_queries)
                 for pred, gt, meta in zip(preds, gts, metas)]
         index, valid = self._pad_indices(keep, hidden_states.device)
         query = hidden_states[-1].gather(
             1, index[..., None].expand(-1, -1, hidden_states.shape[-1]))
-        things, stuff = self._run_decoders(query, memory, memory_pos, memory_mask,
-                                           spatial_shapes)
+        things, stuff = self.run_mask_decoders(query, memory, memory_pos, memory_mask,
+                                               spatial_shapes)
         grid = tuple(things[-1].masks.shape[-2:])
         loss_grid = tuple(s * self.mask_loss_upsample for s in grid)
         thing_assign, thing_gt_inds = self._match_kept_things(
@@ -269,14 +285,15 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
                                 bboxes=preds[b].bboxes[kept].detach(),
                                 masks=masks[b, :len(kept)].detach())
             gt_for_cost = InstanceData(labels=gt.labels, bboxes=gt.bboxes,
-                                       masks=resize_masks(gt.masks, grid))
+                                       masks=resize_masks(gt.masks, grid,
+                                                          self.mask_target_resize))
             result = self.mask_assigner.assign(pred_instances=pred, gt_instances=gt_for_cost,
                                                img_meta=meta)
             query_inds = (result.gt_inds > 0).nonzero().squeeze(1)
             gt_inds = result.gt_inds[query_inds] - 1
-            assignments.append(QueryAssignment(query_inds, gt.labels[gt_inds],
-                                               resize_masks(gt.masks[gt_inds], loss_grid),
-                                               weight))
+            assignments.append(QueryAssignment(
+                query_inds, gt.labels[gt_inds],
+                resize_masks(gt.masks[gt_inds], loss_grid, self.mask_target_resize), weight))
             matched_gts.append(gt_inds)
         return assignments, matched_gts
 

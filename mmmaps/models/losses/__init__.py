@@ -1,5 +1,5 @@
-from .query_set_loss import (QueryAssignment, query_set_cls_loss, query_set_losses,
-                             query_set_mask_loss, resize_masks)
+from .query_set_loss import (MASK_TARGET_RESIZES, QueryAssignment, query_set_cls_loss,
+                             query_set_losses, query_set_mask_loss, resize_masks)
 
-__all__ = ['QueryAssignment', 'query_set_losses', 'query_set_cls_loss', 'query_set_mask_loss',
-           'resize_masks']
+__all__ = ['MASK_TARGET_RESIZES', 'QueryAssignment', 'query_set_losses', 'query_set_cls_loss',
+           'query_set_mask_loss', 'resize_masks']

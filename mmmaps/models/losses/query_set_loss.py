@@ -9,6 +9,9 @@ from torch import Tensor
 from mmdet.utils import reduce_mean
 
 
+MASK_TARGET_RESIZES = ('area', 'bilinear')
+
+
 @dataclass
 class QueryAssignment:
     """Which queries of one image are positive and what they must predict.
@@ -23,18 +26,23 @@ class QueryAssignment:
     weight: float
 
 
-def resize_masks(masks: Tensor, size: Tuple[int, int]) -> Tensor:
+def resize_masks(masks: Tensor, size: Tuple[int, int], mode: str = 'area') -> Tensor:
     """(n, H, W) binary masks -> (n, h, w) soft masks on the prediction grid.
 
-    Area averaging: each target cell holds the fraction of its input pixels that the
-    mask covers, so a segment keeps its mass (``sum * H * W / (h * w)`` = its pixel
-    count) however small it is. Bilinear sampling without antialiasing reads only a
-    few input pixels per cell and turns a 4x4-pixel object into an all-zero target at
-    1/8 in most positions.
+    ``'area'`` (default): area averaging, each target cell holds the fraction of its input
+    pixels that the mask covers, so a segment keeps its mass (``sum * H * W / (h * w)`` =
+    its pixel count) however small it is. ``'bilinear'`` (the authors' Panoptic SegFormer
+    release): bilinear sampling without antialiasing (``align_corners=False``), which reads
+    only a few input pixels per cell and turns a 4x4-pixel object into an all-zero target
+    at 1/8 in most positions.
     """
+    if mode not in MASK_TARGET_RESIZES:
+        raise ValueError(f'mask target resize must be one of {MASK_TARGET_RESIZES}, got '
+                         f'{mode!r}')
     if masks.shape[0] == 0:
         return masks.new_zeros((0, *size), dtype=torch.float32)
-    return F.interpolate(masks[:, None].float(), size=size, mode='area')[:, 0]
+    extra = dict(align_corners=False) if mode == 'bilinear' else {}
+    return F.interpolate(masks[:, None].float(), size=size, mode=mode, **extra)[:, 0]
 
 
 def query_set_cls_loss(cls_logits: Tensor, assignments: List[QueryAssignment], loss_cls,

@@ -15,6 +15,7 @@ from mmdet.structures.mask import mask2bbox
 Threshold = Union[float, Dict[str, float]]
 _MERGES = ('mask_wise', 'pixel_argmax', 'pixel_argmax_prob')
 _MASK_ACTIVATIONS = ('sigmoid', 'identity')
+_MASK_RESIZES = ('crop_then_resize', 'one_step')
 
 
 @MODELS.register_module()
@@ -47,6 +48,16 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         t_keep (float | dict): Kept-fraction threshold (0.6), same forms.
         mask_thr (float): Binarisation threshold of mask probabilities (0.5), for
             the mask-wise merging and the instance masks.
+        mask_area_offset (float): The mask score of Eq. 6 is
+            ``sum(m[m > thr]) / max(|m > thr| + offset, 1)``: 0 (default) is the mean of
+            the paper; the authors' release divides by ``|m > thr| + 1``.
+        mask_resize (str): How ``mask_pred`` (at any resolution covering the padded
+            batch input, e.g. the head's 1/4 or 1/8 grid) becomes a mask of the image:
+            ``'crop_then_resize'`` (default, mmdet's): upsampled to the padded input,
+            cropped to ``img_shape`` and, with ``rescale``, resized to ``ori_shape``;
+            ``'one_step'`` (the authors' Panoptic SegFormer release): the part of the
+            grid that covers the image resized to ``ori_shape`` (``img_shape`` without
+            ``rescale``) in one bilinear step.
         cls_activation (str): ``'softmax'`` (last column is "no object", as in
             Mask2Former/MAPS) or ``'sigmoid'`` (one column per class, as in
             Panoptic SegFormer).
@@ -61,7 +72,9 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
             mmdet's MaskFormer detectors refuse ``sem_results``; with them the
             mIoU comes from ``PanopticSemSegMetric`` on the same panoptic map.
 
-    Shapes: ``mask_cls`` (Q, C + 1) or (Q, C), ``mask_pred`` (Q, H, W).
+    Shapes: ``mask_cls`` (Q, C + 1) or (Q, C), ``mask_pred`` (Q, H, W) at the image's
+    resolution (``panoptic_postprocess``/``instance_postprocess``); ``predict`` takes
+    (B, Q, h, w) at any resolution and resizes them (``mask_resize``).
     The panoptic map uses mmdet's encoding ``class + instance * INSTANCE_OFFSET``
     with ``num_classes`` for void. Runs on CPU and GPU, with zero queries or
     empty masks; the only loop is over queries (no per-pixel Python, no host
@@ -87,12 +100,13 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
             return mask_cls.sigmoid()
         raise ValueError(f"cls_activation must be 'softmax' or 'sigmoid', got {activation!r}")
 
-    def _per_class(self, value: Threshold, labels: Tensor) -> Tensor:
+    def _per_class(self, value: Threshold, labels: Tensor,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
         if isinstance(value, dict):
-            thing = torch.as_tensor(float(value['thing']), device=labels.device)
-            stuff = torch.as_tensor(float(value['stuff']), device=labels.device)
+            thing = torch.as_tensor(float(value['thing']), dtype=dtype, device=labels.device)
+            stuff = torch.as_tensor(float(value['stuff']), dtype=dtype, device=labels.device)
             return torch.where(labels < self.num_things_classes, thing, stuff)
-        return torch.full(labels.shape, float(value), device=labels.device)
+        return torch.full(labels.shape, float(value), dtype=dtype, device=labels.device)
 
     def _mask_activation(self) -> str:
         activation = self._cfg('mask_activation', 'sigmoid')
@@ -109,9 +123,10 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         return mask_pred
 
     def _mask_score(self, prob: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(mean(m[m > thr]), m > thr)`` of one mask probability map (H, W)."""
+        """``(mean(m[m > thr]), m > thr)`` of one mask probability map (H, W); the mean's
+        denominator is ``max(area + mask_area_offset, 1)``."""
         binary = prob > self._cfg('mask_thr', 0.5)
-        area = torch.count_nonzero(binary)
+        area = torch.count_nonzero(binary) + self._cfg('mask_area_offset', 0)
         return torch.where(binary, prob, 0).sum() / area.clamp_min(1), binary
 
     def _score(self, probs: Tensor, mask_scores) -> Tensor:
@@ -169,14 +184,17 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         # descending score; equal scores keep query order
         order = kept[torch.argsort(scores[kept], descending=True, stable=True)]
         labels = labels[order]
-        t_keep = self._per_class(self._cfg('t_keep', 0.6), labels)
+        # a mask is dropped when more than 1 - t_keep of it is painted already; in float64,
+        # so that a fraction exactly at the threshold (2 of 5 pixels) is kept as in Python
+        max_painted = 1 - self._per_class(self._cfg('t_keep', 0.6), labels, torch.float64)
         area = torch.stack([torch.count_nonzero(masks[q]) for q in order.tolist()])
         painted = torch.zeros((height, width), dtype=torch.bool, device=device)
         owner = torch.full((height, width), -1, dtype=torch.long, device=device)
         accepted = torch.zeros(len(order), dtype=torch.bool, device=device)
         for i, query in enumerate(order.tolist()):
             new = masks[query] & ~painted
-            ok = (area[i] > 0) & (torch.count_nonzero(new) >= t_keep[i] * area[i])
+            overlap = (area[i] - torch.count_nonzero(new)).double() / area[i].clamp_min(1)
+            ok = (area[i] > 0) & (overlap <= max_painted[i])
             new &= ok
             owner.masked_fill_(new, i)
             painted |= new
@@ -227,7 +245,16 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         the top pairs over every class and then drops stuff pairs; ``'things'`` takes them
         over the thing classes only, so stuff queries cannot use up the slots (Panoptic
         SegFormer's instance results come from its thing queries).
+
+        ``test_cfg.instance_score``: ``'class_x_mask'`` (default, mmdet's) scores a pair
+        ``p * mean(m[m > mask_thr])``; ``'merging'`` (the authors' Panoptic SegFormer
+        release) with the score of the mask-wise merging, Eq. 6 with ``alpha``, ``beta``
+        and ``mask_area_offset``.
         """
+        instance_score = self._cfg('instance_score', 'class_x_mask')
+        if instance_score not in ('class_x_mask', 'merging'):
+            raise ValueError(f"test_cfg.instance_score must be 'class_x_mask' or 'merging', "
+                             f'got {instance_score!r}')
         max_per_image = self._cfg('max_per_image', 100)
         instance_classes = self._cfg('instance_classes', 'all')
         if instance_classes not in ('all', 'things'):
@@ -245,33 +272,101 @@ class MaskWiseMergingFusionHead(MaskFormerFusionHead):
         scores, labels, queries = scores[thing], labels[thing], queries[thing]
         mask_probs = self._mask_probs(mask_pred[queries])
         masks = mask_probs > self._cfg('mask_thr', 0.5)
-        mask_scores = (mask_probs * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
         results = InstanceData()
+        if instance_score == 'merging':
+            results.scores = self._score(scores, [self._mask_score(m)[0] for m in mask_probs])
+        else:
+            mask_scores = (mask_probs * masks).flatten(1).sum(1) / (
+                masks.flatten(1).sum(1) + 1e-6)
+            results.scores = scores * mask_scores
         results.bboxes = mask2bbox(masks)
         results.labels = labels
-        results.scores = scores * mask_scores
         results.masks = masks
         return results
+
+    # ------------------------------------------------------------------ resize
+    def resize_masks(self, mask_pred: Tensor, img_meta: dict, rescale: bool) -> Tensor:
+        """(Q, h, w) masks covering the padded batch input -> (Q, H, W) masks of the image
+        (``ori_shape`` with ``rescale``, else ``img_shape``), per ``test_cfg.mask_resize``.
+
+        Bilinear, ``align_corners=False`` throughout. ``'one_step'`` on a padded image
+        resizes the fraction ``img_shape / batch_input_shape`` of the grid: the same
+        bilinear rule, sampled at those positions (``grid_sample``)."""
+        mode = self._cfg('mask_resize', 'crop_then_resize')
+        if mode not in _MASK_RESIZES:
+            raise ValueError(f'test_cfg.mask_resize must be one of {_MASK_RESIZES}, got '
+                             f'{mode!r}')
+        img_h, img_w = img_meta['img_shape'][:2]
+        out_size = tuple(img_meta['ori_shape'][:2]) if rescale else (img_h, img_w)
+        # without batch_input_shape the masks are taken to be of the padded input already
+        padded = tuple(img_meta.get('batch_input_shape', mask_pred.shape[-2:]))
+        if mode == 'crop_then_resize':
+            if tuple(mask_pred.shape[-2:]) != padded:
+                mask_pred = _bilinear(mask_pred, padded)
+            mask_pred = mask_pred[:, :img_h, :img_w]
+            return _bilinear(mask_pred, out_size) if rescale else mask_pred
+        if 'batch_input_shape' not in img_meta:
+            raise KeyError("test_cfg.mask_resize='one_step' needs the data sample's "
+                           'batch_input_shape (set by the data preprocessor): the masks cover '
+                           'the padded input')
+        pad_h, pad_w = padded
+        if (img_h, img_w) == (pad_h, pad_w):
+            return _bilinear(mask_pred, out_size)
+        return _bilinear_part(mask_pred, (img_h / pad_h, img_w / pad_w), out_size)
 
     # ------------------------------------------------------------------ predict
     def predict(self, mask_cls_results: Tensor, mask_pred_results: Tensor,
                 batch_data_samples: SampleList, rescale: bool = False, **kwargs) -> List[dict]:
-        """As mmdet's, plus ``sem_results`` derived from the panoptic map."""
+        """Per image: masks resized (:meth:`resize_masks`), then ``pan_results``,
+        ``ins_results`` and ``sem_results`` (derived from the panoptic map) as
+        ``test_cfg`` enables them.
+
+        Args:
+            mask_cls_results: (B, Q, C[+1]) class logits.
+            mask_pred_results: (B, Q, h, w) mask logits (or probabilities), at any
+                resolution that covers the padded batch input.
+        """
+        panoptic_on = self._cfg('panoptic_on', True)
         semantic_on = self._cfg('semantic_on', False)
-        test_cfg = self.test_cfg
-        if semantic_on:
-            self.test_cfg = dict(test_cfg, semantic_on=False, panoptic_on=True)
-        try:
-            results = super().predict(mask_cls_results, mask_pred_results, batch_data_samples,
-                                      rescale=rescale, **kwargs)
-        finally:
-            self.test_cfg = test_cfg
-        if semantic_on:
-            for result in results:
-                panoptic = result['pan_results'].sem_seg
-                semantic = (panoptic % INSTANCE_OFFSET).long()
-                semantic[panoptic == self.num_classes] = 255
-                result['sem_results'] = PixelData(sem_seg=semantic)
-                if not self._cfg('panoptic_on', True):
-                    del result['pan_results']
+        instance_on = self._cfg('instance_on', False)
+        results = []
+        for mask_cls, mask_pred, sample in zip(mask_cls_results, mask_pred_results,
+                                               batch_data_samples):
+            mask_pred = self.resize_masks(mask_pred, sample.metainfo, rescale)
+            result = dict()
+            if panoptic_on or semantic_on:
+                panoptic = self.panoptic_postprocess(mask_cls, mask_pred)
+                if panoptic_on:
+                    result['pan_results'] = panoptic
+                if semantic_on:
+                    semantic = (panoptic.sem_seg % INSTANCE_OFFSET).long()
+                    semantic[panoptic.sem_seg == self.num_classes] = 255
+                    result['sem_results'] = PixelData(sem_seg=semantic)
+            if instance_on:
+                result['ins_results'] = self.instance_postprocess(mask_cls, mask_pred)
+            results.append(result)
         return results
+
+
+def _bilinear(masks: Tensor, size: Tuple[int, int]) -> Tensor:
+    return F.interpolate(masks[:, None], size=size, mode='bilinear', align_corners=False)[:, 0]
+
+
+def _bilinear_part(masks: Tensor, fraction: Tuple[float, float],
+                   size: Tuple[int, int]) -> Tensor:
+    """The top-left ``fraction`` (of the height, of the width) of ``masks`` (Q, h, w) resized
+    to ``size`` with ``F.interpolate``'s bilinear rule (``align_corners=False``): output
+    pixel ``i`` reads input position ``(i + 0.5) * extent / size - 0.5`` (in cells),
+    clamped to ``[0, extent - 1]``, where ``extent`` is the part's size in cells (the
+    same as ``F.interpolate`` of the part when the part is whole cells)."""
+    h, w = masks.shape[-2:]
+    coords = []
+    for n_out, n_in, frac in zip(size, (h, w), fraction):
+        extent = max(n_in * frac, 1.0)
+        centre = (torch.arange(n_out, dtype=torch.float64, device=masks.device) + 0.5)
+        src = (centre * (extent / n_out) - 0.5).clamp(0, extent - 1)
+        coords.append((src + 0.5) / n_in * 2 - 1)  # grid_sample's align_corners=False units
+    ys, xs = torch.meshgrid(*coords, indexing='ij')
+    grid = torch.stack([xs, ys], -1).to(masks.dtype)[None]
+    return F.grid_sample(masks[None], grid, mode='bilinear', padding_mode='border',
+                         align_corners=False)[0]

@@ -58,10 +58,10 @@ def batch_loss_weights(targets: List[PanopticTargets],
     ``'count'`` compares numbers of segments, ``'area'`` their pixel areas; None gives
     1, 1. The statistics are summed over the images and averaged over the ranks (the
     global batch, as the authors' release does), so the weights are the same on every
-    rank. A query set without any ground truth in the global batch counts as one
-    segment (``'count'``: 1, ``'area'``: the mean segment area of the batch): a crop
-    without stuff still trains every stuff query as a negative instead of giving the
-    whole set a weight of 0 (the release clamps its counts at 1 for the same reason).
+    rank. ``'count'`` clamps each averaged count at 1, as the release does
+    (``clamp(reduce_mean(n), min=1)``): a crop without stuff still trains every stuff
+    query as a negative instead of giving the whole set a weight of 0. ``'area'`` counts
+    a set without ground truth in the global batch as one mean-sized segment.
     """
     if weighting is None:
         return 1.0, 1.0
@@ -76,11 +76,10 @@ def batch_loss_weights(targets: List[PanopticTargets],
     device = targets[0].things.labels.device if targets else 'cpu'
     num_things, num_stuff, area_things, area_stuff = reduce_mean(stats.to(device)).tolist()
     if weighting == 'count':
-        things, stuff, unit = num_things, num_stuff, 1.0
+        things, stuff = max(num_things, 1.0), max(num_stuff, 1.0)
     else:
-        things, stuff = area_things, area_stuff
-        unit = (things + stuff) / max(num_things + num_stuff, 1e-6) or 1.0
-    things, stuff = things or unit, stuff or unit
+        unit = (area_things + area_stuff) / max(num_things + num_stuff, 1e-6) or 1.0
+        things, stuff = area_things or unit, area_stuff or unit
     return things / (things + stuff), stuff / (things + stuff)
 
 

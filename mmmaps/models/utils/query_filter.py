@@ -75,12 +75,15 @@ def release_thing_queries(pred_instances: InstanceData, gt_instances: InstanceDa
 
     ``min(max_rounds, max_queries // num_gt)`` rounds of Hungarian matching (at least one)
     on the location decoder's last predictions; only the matched queries are kept, so
-    their number varies with the image (0 without things). Returns (K,) long indices,
-    round order.
+    their number varies with the image (0 without things). Returns (K,) long indices in
+    query order (the release selects them with a boolean mask).
+
+    At least one round: with more objects than ``max_queries`` the release runs none and
+    fails; here every object still gets a query where one is left.
     """
     num_gts = len(gt_instances)
     if num_gts == 0:
         return torch.zeros(0, dtype=torch.long, device=pred_instances.scores.device)
     num_rounds = max(1, min(max_rounds, max_queries // num_gts))
     return torch.cat(hungarian_rounds(pred_instances, gt_instances, img_meta, assigner,
-                                      num_rounds))
+                                      num_rounds)).sort().values
