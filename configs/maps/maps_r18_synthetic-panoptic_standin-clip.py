@@ -8,15 +8,9 @@
 #   python tools/train.py configs/maps/maps_r18_synthetic-panoptic_standin-clip.py
 # It is a stand-in: it knows the generator's 4 scene types from unlabelled images, the way CLIP
 # knows real scenes from web images; it is not CLIP.
-_base_ = ['./maps_r18_synthetic-panoptic.py']
+_base_ = ['./maps_r18_synthetic-panoptic.py', '../_base_/encoders/synthetic_standin-clip.py']
 
-standin_checkpoint = 'work_dirs/encoders/standin-clip_vit-ti16-112_synthetic-pool.pt'
-memory = dict(
-    root='work_dirs/memory/synthetic_train_standin-clip',
-    key_encoder=dict(arch='mmmaps-ViT-Ti-16-112', pretrained=standin_checkpoint,
-                     image_size=112),
-    dense_encoder=dict(arch='mmmaps-ViT-Ti-16-112', pretrained=standin_checkpoint,
-                       short_side=224, tile_size=112, tile_batch_size=32))
-
+memory = {{_base_.standin_memory}}
 model = dict(
-    panoptic_head=dict(scene_memory_dims=192, object_memory_dims=192))
+    panoptic_head=dict(scene_memory_dims={{_base_.standin_dims}},
+                       object_memory_dims={{_base_.standin_dims}}))

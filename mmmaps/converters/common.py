@@ -16,10 +16,10 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ..utils.checkpoint_loading import safe_torch_load
+from ..utils.text import name_list
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONVERTER_META_KEY = 'converted_by'
-_SHOWN = 12  # names listed per kind of problem
 
 
 class ConversionError(ValueError):
@@ -51,7 +51,7 @@ def load_source_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], dict]:
     if not_tensors:
         raise ConversionError(f'{path}: expected a state dict of tensors (or one under '
                               f"'state_dict'/'model'); these entries are not tensors: "
-                              f'{_names(not_tensors)}')
+                              f'{name_list(not_tensors)}')
     return dict(checkpoint), dict(meta)
 
 
@@ -84,12 +84,12 @@ def check_against(converted: Mapping[str, torch.Tensor], expected: Mapping[str, 
     problems = []
     if unexpected:
         problems.append(f'{len(unexpected)} converted tensor(s) have no place in the model: '
-                        f'{_names(unexpected)}')
+                        f'{name_list(unexpected)}')
     if missing:
         problems.append(f'{len(missing)} model tensor(s) get no value from the checkpoint: '
-                        f'{_names(missing)}')
+                        f'{name_list(missing)}')
     if shapes:
-        problems.append(f'{len(shapes)} shape(s) differ: {_names(shapes)}')
+        problems.append(f'{len(shapes)} shape(s) differ: {name_list(shapes)}')
     if problems:
         raise ConversionError(f'{what}: ' + '; '.join(problems))
 
@@ -125,9 +125,3 @@ def _converted_by_mmmaps(path: str) -> bool:
         return False
     meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
     return isinstance(meta, Mapping) and isinstance(meta.get(CONVERTER_META_KEY), str)
-
-
-def _names(items) -> str:
-    items = list(items)
-    shown = ', '.join(items[:_SHOWN])
-    return shown + (f', ... ({len(items) - _SHOWN} more)' if len(items) > _SHOWN else '')

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..utils.text import name_list
 from .common import (CONVERTER_META_KEY, REPO_ROOT, ConversionError, check_against,
                      expected_state, load_source_state_dict, save_converted, sha256_of)
 
@@ -129,7 +130,7 @@ def convert_backbone(state: Dict[str, torch.Tensor], variant: str
     skipped = [f'backbone.{k}' for k in backbone if k.startswith(('head', 'norm.', 'cls_token'))]
     if skipped:
         raise ConversionError(f'{len(skipped)} backbone key(s) are not part of the released '
-                              f'{variant} detection backbone: {", ".join(skipped[:12])}')
+                              f'{variant} detection backbone: {name_list(skipped)}')
     if variant == 'swin-l':
         from mmdet.models.backbones.swin import swin_converter
         converted = swin_converter(backbone)  # adds the 'backbone.' prefix
@@ -169,9 +170,7 @@ def convert_state_dict(state: Dict[str, torch.Tensor], variant: str
     if unmapped:
         raise ConversionError(f'{len(unmapped)} key(s) of the checkpoint are not part of the '
                               f'released Panoptic SegFormer ({SOURCE}) and were not converted: '
-                              + ', '.join(unmapped[:12])
-                              + (f', ... ({len(unmapped) - 12} more)' if len(unmapped) > 12
-                                 else ''))
+                              + name_list(unmapped))
     return converted, source_of
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 __all__ = ['TRUST_ENV', 'UntrustedCheckpointError', 'checkpoint_types', 'safe_torch_load',
-           'register_safe_checkpoint_loaders']
+           'register_safe_checkpoint_loaders', 'numpy_multiarray']
 
 TRUST_ENV = 'MMMAPS_TRUSTED_CHECKPOINT_TYPES'
 
@@ -37,7 +37,7 @@ class UntrustedCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds a type outside :func:`checkpoint_types` (nothing of it was run)."""
 
 
-def _multiarray():
+def numpy_multiarray():
     """numpy's multiarray module: numpy 2 moved numpy.core to numpy._core (numpy 1.26 has a
     stub ``numpy._core`` and numpy 2 a deprecated ``numpy.core`` alias)."""
     new = int(np.__version__.split('.')[0]) >= 2
@@ -58,7 +58,7 @@ def checkpoint_types() -> List[Any]:
     unpickling.
     """
     from mmengine.logging import HistoryBuffer
-    multiarray = _multiarray()
+    multiarray = numpy_multiarray()
     types = [HistoryBuffer, getattr, collections.Counter, np.ndarray, np.dtype,
              multiarray._reconstruct, multiarray.scalar]
     types += [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith('DType')]
@@ -68,7 +68,7 @@ def checkpoint_types() -> List[Any]:
 def _aliases() -> List[tuple]:
     """numpy 1 and numpy 2 name the same reconstructors differently; a checkpoint written on
     one torch line of the matrix must load on the other (needs torch >= 2.6 for aliases)."""
-    multiarray = _multiarray()
+    multiarray = numpy_multiarray()
     other = ('numpy.core.multiarray' if multiarray.__name__.startswith('numpy._core') else
              'numpy._core.multiarray')
     return [(multiarray._reconstruct, f'{other}._reconstruct'),

@@ -4,7 +4,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmdet.models.dense_heads import Mask2FormerHead
 from mmdet.registry import MODELS
@@ -71,6 +71,12 @@ class MAPSMask2FormerHead(Mask2FormerHead):
         extra_self_attn_layers (Sequence[int]): Layers with an extra Eq.-1-style
             attention over the queries themselves, no memory (Table 4
             "Mask2Former (6)/(9)").
+        memory_init (str): ``'xavier'`` (default: as Mask2Former initialises its decoder)
+            or ``'identity'``: the memory attentions' value projections start at zero, so
+            every memory layer adds exactly 0 and a MAPS initialised from a trained
+            Mask2Former computes that Mask2Former's outputs bit for bit at step 0 (the
+            value projection gets gradients from the first step; the query/key
+            projections from the second).
         **kwargs: Mask2FormerHead arguments.
     """
 
@@ -81,8 +87,11 @@ class MAPSMask2FormerHead(Mask2FormerHead):
                  swap_memory: bool = False, input_masking: float = 0.0,
                  layer_masking: float = 0.0, aug_cls: bool = False,
                  augment_at_test: bool = False, extra_self_attn_layers: Sequence[int] = (),
-                 transformer_decoder=None, **kwargs):
+                 memory_init: str = 'xavier', transformer_decoder=None, **kwargs):
         super().__init__(*args, transformer_decoder=transformer_decoder, **kwargs)
+        if memory_init not in ('xavier', 'identity'):
+            raise ValueError(f"memory_init must be 'xavier' or 'identity', got {memory_init!r}")
+        self.memory_init = memory_init
         num_layers = self.num_transformer_decoder_layers
         scene_layers, object_layers = list(scene_layers), list(object_layers)
         for name, layers in (('scene_layers', scene_layers), ('object_layers', object_layers),
@@ -118,9 +127,25 @@ class MAPSMask2FormerHead(Mask2FormerHead):
             **transformer_decoder)
         self.extra_params = (sum(p.numel() for p in self.transformer_decoder.parameters())
                              - baseline_params)
+        self._init_memory_values()
         print_log(f'MAPSMask2FormerHead: memory layers {self.layer_sources}, extra attention '
                   f'layers {list(extra_self_attn_layers)}: {self.extra_params:,} parameters '
                   'over Mask2Former', logger='current')
+
+    def init_weights(self) -> None:
+        super().init_weights()  # Mask2Former's: xavier on the decoder, memory layers too
+        self._init_memory_values()
+
+    def _init_memory_values(self) -> None:
+        """``memory_init='identity'``: zero value projections. Also done at construction,
+        so that a model that is only loaded (``tools/test.py``, no ``init_weights``) from a
+        Mask2Former checkpoint is the identity too."""
+        if self.memory_init != 'identity':
+            return
+        for layer in self.transformer_decoder.layers:
+            if layer.memory_attn is not None:
+                nn.init.zeros_(layer.memory_attn.v_proj.weight)
+                nn.init.zeros_(layer.memory_attn.v_proj.bias)
 
     @property
     def reads_scene(self) -> bool:

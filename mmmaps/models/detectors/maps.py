@@ -1,7 +1,9 @@
 """MAPS: Mask2Former whose queries read a retrieved scene and object memory."""
+import logging
 from typing import Dict, List, Optional
 
 import torch
+from mmengine.logging import print_log
 from torch import Tensor
 
 from mmdet.models.detectors import Mask2Former
@@ -10,6 +12,7 @@ from mmdet.structures import SampleList
 
 from ...memory.external_memory import ExternalMemory
 from ...memory.retriever import RetrievalResult
+from ...utils.text import name_list
 from ..dense_heads.maps_head import MAPSMask2FormerHead
 
 
@@ -25,6 +28,14 @@ def unnormalized_images(batch_inputs: Tensor, batch_data_samples: SampleList,
         height, width = sample.metainfo.get('img_shape', image.shape[-2:])[:2]
         out.append(image[:, :height, :width].clamp(0, 255))
     return out
+
+
+MAPS_ONLY_PARTS = ('.memory_attn.', '.extra_attn.')  # tensors a Mask2Former does not have
+CLASS_HEAD = ('panoptic_head.cls_embed.weight', 'panoptic_head.cls_embed.bias')
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the MAPS model (names in the message)."""
 
 
 @MODELS.register_module()
@@ -43,6 +54,14 @@ class MAPS(Mask2Former):
     Training losses also report the retrieval statistics (``retrieval/scene_sim`` ...,
     not summed into the loss).
 
+    Loading weights (``load_from``, ``--resume``, ``tools/test.py``): every tensor of the
+    checkpoint must have a place of the same shape in MAPS, and every MAPS tensor must come
+    from it, except the MAPS-only attention layers (``memory_attn``, ``extra_attn``), which
+    a Mask2Former checkpoint does not have: they keep their initialisation and are listed
+    in the log. A classifier for another number of classes (``panoptic_head.cls_embed``) is
+    re-initialised, as the log says. Anything else is refused, naming the tensors; mmengine
+    itself loads with ``strict=False`` and only warns.
+
     Args:
         **kwargs: Mask2Former arguments; ``panoptic_head`` must be a
             ``MAPSMask2FormerHead``.
@@ -54,6 +73,46 @@ class MAPS(Mask2Former):
             raise TypeError('MAPS needs panoptic_head=dict(type="MAPSMask2FormerHead", ...), '
                             f'got {type(self.panoptic_head).__name__}')
         self.memory: Optional[ExternalMemory] = None
+        self._register_load_state_dict_pre_hook(self._check_incoming_state)
+
+    def _check_incoming_state(self, state_dict: dict, prefix: str, *args) -> None:
+        """Refuse or explain what a checkpoint lacks or adds (see the class docstring)."""
+        own = {k: v.shape for k, v in self.state_dict().items()}
+        incoming = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
+        unexpected = [k for k in incoming if k not in own]
+        mismatched = {k: tuple(state_dict[incoming[k]].shape) for k in incoming
+                      if k in own and state_dict[incoming[k]].shape != own[k]}
+        if set(mismatched) >= set(CLASS_HEAD) and all(
+                mismatched[k][1:] == tuple(own[k][1:]) for k in CLASS_HEAD):
+            print_log(f'the checkpoint classifies {mismatched[CLASS_HEAD[1]][0] - 1} classes, '
+                      f'this model {own[CLASS_HEAD[1]][0] - 1}: {CLASS_HEAD[0]} and .bias are '
+                      're-initialised', logger='current', level=logging.WARNING)
+            for key in CLASS_HEAD:
+                state_dict.pop(incoming.pop(key))
+                del mismatched[key]
+        missing = [k for k in own if k not in incoming and k not in CLASS_HEAD]
+        maps_only = [k for k in missing if any(part in k for part in MAPS_ONLY_PARTS)]
+        problems = []
+        if unexpected:
+            problems.append(f'{len(unexpected)} tensor(s) of the checkpoint have no place in '
+                            f'MAPS: {name_list(unexpected)}')
+        if mismatched:
+            problems.append(f'{len(mismatched)} tensor(s) differ in shape (checkpoint vs MAPS): '
+                            + name_list(f'{k} {v} vs {tuple(own[k])}'
+                                     for k, v in mismatched.items()))
+        if len(missing) > len(maps_only):
+            problems.append('MAPS tensors not in the checkpoint (only the memory attention may '
+                            'be missing): ' + name_list(k for k in missing if k not in maps_only))
+        if problems:
+            raise CheckpointMismatchError(
+                'the checkpoint does not fit this MAPS model: ' + '; '.join(problems)
+                + '. A Mask2Former checkpoint must come from the same Mask2Former config '
+                '(backbone, queries, decoder layers); convert detectron2 checkpoints with '
+                'tools/model_converters/mask2former_detectron2.py.')
+        if maps_only:
+            print_log(f'{len(maps_only)} MAPS-only tensors are not in the checkpoint and keep '
+                      f'their initialisation (memory_init={self.panoptic_head.memory_init!r}): '
+                      + name_list(maps_only, limit=None), logger='current')
 
     def attach_memory(self, memory: ExternalMemory) -> None:
         """Read ``memory`` from now on (it must hold the value dims the head reads)."""
