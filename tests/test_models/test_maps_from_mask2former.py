@@ -191,3 +191,23 @@ def test_r50_coco_fine_tune_config_is_mmdets_mask2former_at_step_0():
                                  with_retrieval(samples, random_retrieval(batch=1, dims=512)))
     for ours, theirs in zip(got, expected):
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_a_mask2former_checkpoint_is_not_tested_with_random_memory_layers(
+        mask2former, synthetic_root, logged):
+    """tools/test.py and the demo load without init_weights(): a Mask2Former checkpoint in a
+    MAPS config with the default memory_init would leave the memory layers at PyTorch's
+    default init; refused, unless memory_init='identity' (then it is that Mask2Former)."""
+    _, _, path = mask2former
+    for memory_init, refused in (('xavier', True), ('identity', False)):
+        cfg = load_config_with_root(
+            osp.join(osp.dirname(TINY_M2F), '..', 'maps', 'maps_r18_synthetic-panoptic.py'),
+            synthetic_root, {'model.panoptic_head.memory_init': memory_init})
+        register_all_modules()
+        model = MODELS.build(cfg.model)  # no init_weights(), as tools/test.py
+        if refused:
+            with pytest.raises(CheckpointMismatchError, match='random weights'):
+                load_checkpoint(model, path, map_location='cpu', logger='silent')
+        else:
+            load_checkpoint(model, path, map_location='cpu', logger='silent')
+            assert logged[-1].startswith('24 MAPS-only tensors')

@@ -58,7 +58,9 @@ class MAPS(Mask2Former):
     checkpoint must have a place of the same shape in MAPS, and every MAPS tensor must come
     from it, except the MAPS-only attention layers (``memory_attn``, ``extra_attn``), which
     a Mask2Former checkpoint does not have: they keep their initialisation and are listed
-    in the log. A classifier for another number of classes (``panoptic_head.cls_embed``) is
+    in the log — allowed when that initialisation is defined (``init_weights()`` ran, as in
+    training, or ``memory_init='identity'``); a model loaded without it (``tools/test.py``,
+    the demo) with the default init is refused, as it would run random memory layers. A classifier for another number of classes (``panoptic_head.cls_embed``) is
     re-initialised, as the log says. Anything else is refused, naming the tensors; mmengine
     itself loads with ``strict=False`` and only warns.
 
@@ -109,10 +111,20 @@ class MAPS(Mask2Former):
                 + '. A Mask2Former checkpoint must come from the same Mask2Former config '
                 '(backbone, queries, decoder layers); convert detectron2 checkpoints with '
                 'tools/model_converters/mask2former_detectron2.py.')
-        if maps_only:
-            print_log(f'{len(maps_only)} MAPS-only tensors are not in the checkpoint and keep '
-                      f'their initialisation (memory_init={self.panoptic_head.memory_init!r}): '
-                      + name_list(maps_only, limit=None), logger='current')
+        if not maps_only:
+            return
+        if self.panoptic_head.memory_init != 'identity' and not self.is_init:
+            # tools/test.py and the demo load without init_weights(): the memory layers
+            # would be PyTorch's default initialisation, defined by nothing
+            raise CheckpointMismatchError(
+                f'the checkpoint has no memory layers ({len(maps_only)} MAPS-only tensors, e.g. '
+                f'{maps_only[0]}): it is a Mask2Former, and this MAPS model, which is not being '
+                'trained, would run them with random weights. Test a trained MAPS checkpoint, '
+                "or set model.panoptic_head.memory_init='identity' to evaluate the Mask2Former "
+                'through MAPS (its memory layers then add exactly 0).')
+        print_log(f'{len(maps_only)} MAPS-only tensors are not in the checkpoint and keep '
+                  f'their initialisation (memory_init={self.panoptic_head.memory_init!r}): '
+                  + name_list(maps_only, limit=None), logger='current')
 
     def attach_memory(self, memory: ExternalMemory) -> None:
         """Read ``memory`` from now on (it must hold the value dims the head reads)."""
