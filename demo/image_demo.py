@@ -77,8 +77,8 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmmaps.memory.bank import MemoryBankError
+    from mmmaps.utils.tool_utils import tool_errors
     try:
         main()
-    except (DemoError, FileNotFoundError, MemoryBankError) as exc:
+    except (DemoError, ) + tool_errors() as exc:
         sys.exit(f'image_demo.py: error: {exc}')

@@ -1,3 +1,4 @@
+import hashlib
 import importlib.util
 import os
 import os.path as osp
@@ -86,3 +87,18 @@ def load_tool(relpath):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tree_sha256(path: str) -> dict:
+    """{relative path: sha256} of every file under the folder ``path`` (``{'.': ...}`` for a
+    file): what a refusal must leave exactly as it was."""
+    if osp.isfile(path):
+        with open(path, 'rb') as f:
+            return {'.': hashlib.sha256(f.read()).hexdigest()}
+    out = {}
+    for base, _, names in os.walk(path):
+        for name in names:
+            full = osp.join(base, name)
+            with open(full, 'rb') as f:
+                out[osp.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return out

@@ -81,8 +81,8 @@ def check_retrieval_settings_have_one_owner(cfg):
     found = stale & set(_keys(cfg._cfg_dict.to_dict()['model']))
     assert not found, f'retrieval settings stated in the model section too: {sorted(found)}'
     if 'memory' in cfg:
-        from mmmaps.memory.external_memory import RETRIEVAL_KEYS
-        assert set(cfg.memory.get('retrieval') or {}) <= set(RETRIEVAL_KEYS)
+        from mmmaps.memory.config_schema import check_memory_cfg
+        check_memory_cfg(cfg.memory)  # every key, at any depth, is one mmmaps reads
 
 
 MEMORY_BASES = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '_base_', 'memory', '*.py')))

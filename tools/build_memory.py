@@ -39,11 +39,10 @@ from mmengine.logging import print_log
 from mmmaps.datasets.validation import DatasetValidationError
 from mmmaps.memory.builder import (MemoryAppender, MemoryBuilder, MemoryBuildError, parse_shard,
                                    wait_for_chunks)
-from mmmaps.memory.storage import MANIFEST, MemoryBankError
+from mmmaps.memory.storage import MANIFEST, MEMORY_FOLDER, MemoryBankError
 from mmmaps.utils.output_dirs import OutputOwnershipError, check_output_dir, output_state
 
 # what a memory root holds (merge/append); anything else in --out belongs to someone else
-MEMORY_ENTRIES = (MANIFEST, 'scene', 'object', 'query_cache')
 
 
 def parse_args(argv=None):
@@ -100,7 +99,7 @@ def _check_replace(out, args):
     """Publishing replaces ``out``: only a memory written here, and only with --force."""
     sharded = args.merge or args.shard or int(os.environ.get('WORLD_SIZE', '1')) > 1
     hint = 'rerun with --merge --force' if sharded else 'pass --force'
-    check_output_dir(out, (MANIFEST,), 'MAPS memory', args.force, MEMORY_ENTRIES,
+    check_output_dir(out, MEMORY_FOLDER, args.force, legacy_markers=(MANIFEST,),
                      force_hint=f'{hint} to replace it, or choose another --out')
 
 
@@ -138,7 +137,7 @@ def main(argv=None):
                                 query_cache_only=args.query_cache_only,
                                 skip_invalid_images=args.skip_invalid_images)
     # refuse a foreign --out before any encoding; an older memory needs --force (at merge)
-    state = output_state(builder.out, (MANIFEST,), 'MAPS memory', MEMORY_ENTRIES)
+    state = output_state(builder.out, MEMORY_FOLDER, legacy_markers=(MANIFEST,))
     if shard is None or (world > 1 and rank == 0):  # one build/merge of OUT at a time
         atexit.register(builder.lock().acquire().release)  # a killed owner leaves it stale
         builder.clean_leftovers()

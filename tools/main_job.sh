@@ -51,7 +51,7 @@ for name in baseline maps psf; do
   echo "==> test $name"
   python tools/test.py "$config" "$(cat "$WORK_DIR/$name/train/last_checkpoint")" \
     --work-dir "$WORK_DIR/$name/test" --show-dir vis \
-    --panoptic-out "$WORK_DIR/$name/test/predictions/results"
+    --panoptic-out "$WORK_DIR/$name/test/predictions/results" --force  # a rerun replaces its own
 done
 echo "==> test maps with both memories switched off in the forward pass (Table 7 style)"
 python tools/test.py "$MAPS" "$(cat "$WORK_DIR/maps/train/last_checkpoint")" \

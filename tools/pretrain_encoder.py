@@ -62,7 +62,9 @@ def parse_args(argv=None):
     parser.add_argument('--no-reference', action='store_true',
                         help=f'do not measure the random-init {REFERENCE_ARCH} reference')
     parser.add_argument('--force', action='store_true',
-                        help='retrain even if cached; overwrite a foreign file at OUT')
+                        help='retrain even if up to date, replacing OUT and OUT.json when '
+                        'they are a checkpoint and its record this tool wrote (anything else '
+                        'at OUT is refused, with or without --force)')
     return parser.parse_args(argv)
 
 
@@ -153,24 +155,30 @@ def print_quality(quality):
               f'{q["random_pair_similarity"]:7.4f} {q["spread"]:7.4f}')
 
 
-def save_state_dict(state_dict, path):
+def save_state_dict(state_dict, path, meta):
     """torch.save through a buffer (the zip archive is then always named 'archive', not after
-    a temporary file: equal weights give byte-identical files), written atomically."""
+    a temporary file: equal weights give byte-identical files), written atomically after its
+    record ``path.json`` (``meta`` plus the checkpoint's sha256, returned), so that whatever
+    this tool leaves at ``path`` is named by a record."""
     import io
     import torch
-    from mmmaps.memory.storage import write_bytes
+    from mmmaps.memory.storage import sha256_bytes, write_bytes, write_json
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
+    meta = dict(meta, checkpoint_sha256=sha256_bytes(buffer.getvalue()))
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    write_json(path + '.json', meta)
     write_bytes(path, buffer.getvalue())
+    return meta
 
 
 def check_out_file(out, force):
     """Message why ``out`` may not be written, or None.
 
-    ``out`` written here has its ``out.json`` (with the training ``params``) beside it;
-    any other file of that name (or of ``out.json``) is only overwritten with ``--force``,
-    and a folder never.
+    ``out`` written here has its record ``out.json`` beside it (the training ``params`` and
+    the checkpoint's sha256). Such a pair is replaced only with ``force``; anything else at
+    either path (a file of the user's, a checkpoint changed since it was written, a folder,
+    a link) is never replaced.
     """
     meta_file = out + '.json'
     for path in (out, meta_file):
@@ -178,18 +186,33 @@ def check_out_file(out, force):
             return (f'refusing to write {path}: it is a '
                     f'{"symbolic link" if osp.islink(path) else "folder"}, not a checkpoint '
                     'written by this tool; nothing was changed. Choose another --out')
-    if force or not (osp.lexists(out) or osp.lexists(meta_file)):
+    if not (osp.lexists(out) or osp.lexists(meta_file)):
         return None
+    reason = not_written_here(out)
+    if reason:
+        return (f'refusing to overwrite {out} / {meta_file}: {reason}, so they are not a '
+                'checkpoint and its record written by this tool; nothing was changed (even '
+                'with --force). Choose another --out, or move them away yourself')
+    return None
+
+
+def not_written_here(out):
+    """Why ``out`` and ``out.json`` are not this tool's checkpoint and record ('' if they are)."""
+    from mmmaps.memory.storage import sha256_file
+    meta_file = out + '.json'
+    if not osp.isfile(meta_file):
+        return f'{meta_file} does not exist'
     try:
         with open(meta_file) as f:
-            ours = isinstance(json.load(f).get('params'), dict) and osp.isfile(out)
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if ours:
-        return None
-    return (f'refusing to overwrite {out} / {meta_file}: they are not a checkpoint and its '
-            'record written by this tool; nothing was changed. Pass --force to overwrite them, '
-            'or choose another --out')
+            meta = json.load(f)
+    except (OSError, ValueError) as err:
+        return f'{meta_file} is not readable JSON ({err})'
+    if not isinstance(meta, dict) or not isinstance(meta.get('params'), dict) or not isinstance(
+            meta.get('checkpoint_sha256'), str):
+        return f'{meta_file} has no training params and checkpoint_sha256'
+    if osp.isfile(out) and sha256_file(out) != meta['checkpoint_sha256']:
+        return f'{out} is not the file whose sha256 {meta_file} records (changed since)'
+    return ''
 
 
 def main(argv=None):
@@ -211,7 +234,7 @@ def main(argv=None):
                   pool_digest=pool_digest(files), pool_images=len(files),
                   objective='SimCLR NT-Xent, 2 views/image')
     meta_file = args.out + '.json'
-    if not args.force and osp.isfile(args.out) and osp.isfile(meta_file):
+    if not args.force and osp.isfile(args.out):  # written here (check_out_file)
         with open(meta_file) as f:
             meta = json.load(f)
         if meta.get('params') == params:
@@ -230,10 +253,10 @@ def main(argv=None):
                                   lr=args.lr, temperature=args.temperature,
                                   crop_scale=(args.min_crop_scale, 1.0), tint=args.tint)
     seconds = time.time() - start
-    save_state_dict(model.state_dict(), args.out)
-    meta = dict(params=params, pool=osp.abspath(pool_dir), train_seconds=seconds,
-                threads=torch.get_num_threads(), loss_first=losses[0], loss_last=losses[-1],
-                losses_every_10=losses[::10])
+    meta = save_state_dict(model.state_dict(), args.out, dict(
+        params=params, pool=osp.abspath(pool_dir), train_seconds=seconds,
+        threads=torch.get_num_threads(), loss_first=losses[0], loss_last=losses[-1],
+        losses_every_10=losses[::10]))
     print(f'pretrained in {seconds:.0f} s: loss {losses[0]:.3f} -> {losses[-1]:.3f}; '
           f'wrote {args.out}')
     if args.eval_ann and osp.isfile(args.eval_ann):

@@ -21,16 +21,18 @@ import argparse
 import json
 import os
 import os.path as osp
+import time
+from typing import List, Tuple
 
 from mmengine.dist import is_main_process
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 
 from mmmaps.evaluation import format_summary_table, panoptic_summary
-from mmmaps.utils.tool_utils import load_tool_config, parse_launch_args
+from mmmaps.utils.output_dirs import check_targets, remove_targets, write_record
+from mmmaps.utils.tool_utils import load_tool_config, parse_launch_args, tool_errors
 
 
 def parse_args(argv=None):
@@ -51,7 +53,12 @@ def parse_args(argv=None):
     parser.add_argument(
         '--panoptic-out', metavar='PREFIX',
         help='also save panoptic predictions in COCO format: PREFIX.panoptic.json and '
-        'PREFIX.panoptic/*.png (readable by panopticapi)')
+        'PREFIX.panoptic/*.png (readable by panopticapi); existing ones are replaced only '
+        'with --force, and only when an earlier --panoptic-out wrote them')
+    parser.add_argument(
+        '--force', action='store_true',
+        help='--panoptic-out: replace the PREFIX.* files an earlier run wrote (a file you '
+        'added to them, or one it did not write, is refused even with --force)')
     parser.add_argument(
         '--per-class', action='store_true',
         help='per-class PQ/SQ/RQ: print the class table of every panoptic evaluator and '
@@ -86,10 +93,42 @@ def _panoptic_evaluators(cfg, flag: str) -> list:
     return found
 
 
-def _set_panoptic_outfile_prefix(cfg, prefix: str) -> None:
-    for evaluator in _panoptic_evaluators(cfg, '--panoptic-out'):
+PANOPTIC_PREDICTIONS = 'panoptic predictions of tools/test.py'  # their record's ``what``
+
+
+def _panoptic_out_targets(prefix: str) -> Tuple[str, List[str]]:
+    """The folder and the names CocoPanopticMetric writes for ``outfile_prefix=prefix``: the
+    PNG folder (which gets the record), the predictions JSON, the ground truth JSON."""
+    folder, name = osp.split(osp.abspath(prefix))
+    return folder, [f'{name}.panoptic', f'{name}.panoptic.json', f'{name}.gt.json']
+
+
+def _set_panoptic_outfile_prefix(cfg, prefix: str, force: bool) -> None:
+    """Point the PQ evaluators at ``prefix`` once the files there may be (re)written."""
+    evaluators = _panoptic_evaluators(cfg, '--panoptic-out')
+    folder, targets = _panoptic_out_targets(prefix)
+    existing = check_targets(folder, [targets], PANOPTIC_PREDICTIONS, force)
+    if existing and int(os.environ.get('RANK', '0')) == 0:
+        remove_targets(folder, existing)
+    elif existing:  # the other ranks write their PNGs only after rank 0 removed the old ones
+        deadline = time.monotonic() + 300
+        while any(osp.lexists(osp.join(folder, t)) for t in existing):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f'rank 0 did not remove the earlier --panoptic-out files '
+                                   f'{", ".join(existing)} in {folder} within 300 s')
+            time.sleep(0.5)
+    for evaluator in evaluators:
         evaluator['outfile_prefix'] = prefix
-    os.makedirs(osp.dirname(osp.abspath(prefix)), exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
+
+
+def _record_panoptic_out(prefix: str) -> None:
+    """Record what the run wrote at ``prefix`` (so that --force may replace only that)."""
+    folder, (png_dir, *jsons) = _panoptic_out_targets(prefix)
+    if not osp.isdir(osp.join(folder, png_dir)):
+        return
+    write_record(osp.join(folder, png_dir), PANOPTIC_PREDICTIONS,
+                 [n for n in jsons if osp.isfile(osp.join(folder, n))])
 
 
 def _set_panoptic_classwise(cfg) -> None:
@@ -142,6 +181,8 @@ def main(argv=None):
     if not onnx and not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    from mmmaps.datasets.preflight import check_class_counts
+    check_class_counts(cfg, 'test')
     if onnx:
         from mmmaps.deployment import onnx_model_config
         cfg.model = onnx_model_config(cfg, args.checkpoint, args.ort_threads)
@@ -163,11 +204,12 @@ def main(argv=None):
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     if args.panoptic_out:
-        _set_panoptic_outfile_prefix(cfg, args.panoptic_out)
+        _set_panoptic_outfile_prefix(cfg, args.panoptic_out, args.force)
     if args.per_class:
         _set_panoptic_classwise(cfg)
 
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    from mmmaps.engine import MMMapsRunner  # checkpoints must fit the model
+    runner = MMMapsRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ValueError(f'--out must be a .pkl file, got {args.out!r}')
@@ -176,6 +218,8 @@ def main(argv=None):
     metrics = runner.test()
 
     if is_main_process():
+        if args.panoptic_out:
+            _record_panoptic_out(args.panoptic_out)
         summary = panoptic_summary(metrics)
         if any(v is not None for v in summary.values()):
             print(format_summary_table({osp.splitext(osp.basename(args.config))[0]: summary}))
@@ -190,4 +234,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except tool_errors() as exc:
+        sys.exit(f'test.py: error: {exc}')

@@ -45,16 +45,23 @@ def init_panoptic_model(config: Config, checkpoint: str, device: str = 'cpu',
                         memory_root: Optional[str] = None, logger=None):
     """Build a model with mmdet's ``init_detector`` and load ``checkpoint``.
 
-    ``model.dataset_meta`` is the config's test dataset metainfo. A MAPS model gets the
-    memory of ``memory.root`` (or ``memory_root``, a deliberate swap: the checkpoint's
-    recorded memory must have the same encoders) as ``model.memory``.
+    The model's class counts must be those of the config's test dataset
+    (:func:`~mmmaps.datasets.preflight.check_class_counts`) and the checkpoint's tensors must
+    fit the model (:func:`~mmmaps.utils.checkpoint_fit.checkpoint_fit_check`), as in
+    ``tools/test.py``. ``model.dataset_meta`` is the config's test dataset metainfo. A MAPS
+    model gets the memory of ``memory.root`` (or ``memory_root``, a deliberate swap: the
+    checkpoint's recorded memory must have the same encoders) as ``model.memory``.
     """
     from mmdet.apis import init_detector
     from mmengine.runner import load_checkpoint
 
+    from ..datasets.preflight import check_class_counts
+    from ..utils.checkpoint_fit import checkpoint_fit_check
+
     cfg = copy.deepcopy(config)
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
+    check_class_counts(cfg, 'test')
     with warnings.catch_warnings(record=True) as caught:
         # with checkpoint=None init_detector announces COCO classes (replaced below); the
         # weights are loaded here instead so that the checkpoint meta can be checked
@@ -63,7 +70,9 @@ def init_panoptic_model(config: Config, checkpoint: str, device: str = 'cpu',
         if 'COCO classes' not in str(warning.message):
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger=logger or 'current')
+    with checkpoint_fit_check(model, checkpoint):
+        ckpt = load_checkpoint(model, checkpoint, map_location='cpu',
+                               logger=logger or 'current')
     meta = dataset_meta_of(cfg)
     saved = (ckpt.get('meta') or {}).get('dataset_meta') or {}
     saved_classes = saved.get('classes') or saved.get('CLASSES')

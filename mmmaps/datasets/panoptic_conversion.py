@@ -19,7 +19,8 @@ Image ids are 1..N in sorted file order. Outputs are written into a hidden stagi
 beside their targets and renamed into place when a split is complete (the panoptic JSON
 last), so an interrupted run never leaves a half-written split; existing outputs are only
 replaced with ``force=True``, and only those a converter wrote: each published PNG folder holds
-a small ``.mmmaps_output`` file naming the outputs of its split.
+the record of :mod:`mmmaps.utils.output_dirs` (``.mmmaps_output``: every file in it and the
+JSONs of its split); a file added to it makes ``force`` refuse.
 
 ADE20K native format (ADEChallengeData2016 and the instance annotations of the Places
 Challenge 2017 instance segmentation track, https://github.com/CSAILVision/placeschallenge):
@@ -62,7 +63,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from mmmaps.utils.output_dirs import OUTPUT_MARKER, OutputOwnershipError, describe_contents
+from mmmaps.utils.output_dirs import check_targets, read_record, write_record
 
 # ---------------------------------------------------------------------------
 # ADE20K (SceneParse150)
@@ -252,9 +253,13 @@ def _require_dir(path: str, what: str, hint: str = '') -> None:
         raise FileNotFoundError(f'{what} {path} does not exist ({hint}see data/README.md)')
 
 
+CONVERTED_SPLIT = 'converted panoptic split'  # the ``what`` of a PNG folder's record
+
+
 class _Staging:
     """Outputs built in a hidden folder of ``out_dir``, renamed onto their targets by
-    :meth:`publish` in the order given (a JSON last: its presence means complete)."""
+    :meth:`publish` in the order given (a JSON last: its presence means complete). The PNG
+    folder (the first target) records every file in it and the JSONs beside it."""
 
     def __init__(self, out_dir: str, targets: Sequence[str], tag: str):
         self.out_dir, self.targets, self.tag = out_dir, list(targets), tag
@@ -266,11 +271,13 @@ class _Staging:
 
     def publish(self) -> None:
         # the targets may have changed during the conversion: still only replace our own
-        _check_targets(self.out_dir, self.targets, force=True)
-        # the marker also keeps vouching for outputs of an earlier run this one leaves alone
-        kept = _owned_outputs(self.out_dir, self.targets)
-        with open(osp.join(self.path(self.targets[0]), OUTPUT_MARKER), 'w') as f:
-            json.dump(dict(outputs=sorted(kept | set(self.targets))), f)
+        check_targets(self.out_dir, [self.targets], CONVERTED_SPLIT, force=True)
+        # the record keeps vouching for JSONs of an earlier run this one leaves alone
+        earlier = read_record(osp.join(self.out_dir, self.targets[0]), CONVERTED_SPLIT)
+        siblings = set(self.targets[1:]) | {
+            name for name in (earlier or {}).get('siblings', ())
+            if osp.isfile(osp.join(self.out_dir, name))}
+        write_record(self.path(self.targets[0]), CONVERTED_SPLIT, siblings)
         old = tempfile.mkdtemp(prefix=f'.{self.tag}.old-', dir=self.out_dir)
         for name in self.targets:
             final = osp.join(self.out_dir, name)
@@ -284,50 +291,10 @@ class _Staging:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _owned_outputs(out_dir: str, targets: Sequence[str]) -> set:
-    """Names in ``out_dir`` that the marker of a published PNG folder among ``targets``
-    vouches for (that folder, its JSONs)."""
-    owned = set()
-    for name in targets:
-        folder = osp.join(out_dir, name)
-        marker = osp.join(folder, OUTPUT_MARKER)
-        if osp.islink(folder) or not osp.isfile(marker):
-            continue
-        try:
-            with open(marker) as f:
-                outputs = json.load(f)['outputs']
-        except (ValueError, KeyError, TypeError):
-            continue
-        if name in outputs:
-            owned.update(n for n in outputs if osp.lexists(osp.join(out_dir, n)))
-    return owned
-
-
-def _check_targets(out_dir: str, targets: Sequence[str], force: bool) -> set:
-    """Refuse existing targets without ``force``, and foreign ones (not written by a
-    converter) always; returns the existing targets that may be replaced."""
-    existing = [t for t in targets if osp.lexists(osp.join(out_dir, t))]
-    if existing and not force:
-        raise FileExistsError(f'{", ".join(osp.join(out_dir, t) for t in existing)} already '
-                              'exist(s); pass --force (force=True) to replace')
-    owned = _owned_outputs(out_dir, targets)
-    foreign = []
-    for name in existing:
-        if name in owned:
-            continue
-        path = osp.join(out_dir, name)
-        if osp.islink(path):
-            foreign.append(f'{path} (a symbolic link)')
-        elif osp.isdir(path):
-            foreign.append(f'{path} (a folder holding {describe_contents(path)})')
-        else:
-            foreign.append(f'{path} (a file)')
-    if foreign:
-        raise OutputOwnershipError(
-            f'refusing to replace {"; ".join(foreign)} in {out_dir}: not written by this '
-            f'converter (no {OUTPUT_MARKER} of its PNG folder names it), so nothing was '
-            'removed. Choose another --out, or move it away yourself')
-    return set(existing)
+def _split_targets(names: Dict[str, str], with_instances: bool) -> List[str]:
+    """The outputs of one split, its PNG folder (which holds the record) first."""
+    return [names['png_dir']] + ([names['instances_json']] if with_instances else []) + [
+        names['panoptic_json']]
 
 
 def _map(fn, tasks: list, nproc: int, desc: str, progress: bool):
@@ -355,8 +322,7 @@ def _convert_split(tasks: list, worker, out_dir: str, names: Dict[str, str], cat
     ``names``: ``png_dir``, ``panoptic_json`` and (optionally) ``instances_json``, relative to
     ``out_dir``. Returns the split's counts.
     """
-    targets = [names['png_dir']] + ([names['instances_json']] if with_instances else []) + [
-        names['panoptic_json']]
+    targets = _split_targets(names, with_instances)
     stage = _Staging(out_dir, targets, tag=osp.basename(names['panoptic_json'])[:-5])
     try:
         png_root = stage.path(names['png_dir'])
@@ -516,9 +482,8 @@ def convert_ade20k(root: str, out: Optional[str] = None, splits: Sequence[str] =
                 if not osp.isfile(path):
                     raise FileNotFoundError(f'annotation {path} of image {name} does not exist')
         tasks_of[split] = tasks
-    all_targets = [n for s in splits for k, n in ade20k_output_names(s).items()
-                   if instances or k != 'instances_json']
-    _check_targets(out, all_targets, force)
+    check_targets(out, [_split_targets(ade20k_output_names(s), instances) for s in splits],
+                  CONVERTED_SPLIT, force)
     categories = panoptic_categories(ADE20K_METAINFO['classes'], ADE20K_LABEL_IDS,
                                      len(ADE20K_THING_IDS), ADE20K_METAINFO['palette'])
     results = {}
@@ -627,9 +592,8 @@ def convert_cityscapes(root: str, out: Optional[str] = None,
         if not tasks:
             raise FileNotFoundError(f'no <city>/*{_CS_GT_SUFFIX} files in {gt_dir}')
         tasks_of[split] = tasks
-    all_targets = [n for s in splits for k, n in cityscapes_output_names(s).items()
-                   if instances or k != 'instances_json']
-    _check_targets(out, all_targets, force)
+    check_targets(out, [_split_targets(cityscapes_output_names(s), instances) for s in splits],
+                  CONVERTED_SPLIT, force)
     labels = CITYSCAPES_THINGS + CITYSCAPES_STUFF
     categories = panoptic_categories([c[0] for c in labels], [c[1] for c in labels],
                                      len(CITYSCAPES_THINGS), [c[2] for c in labels])

@@ -32,7 +32,7 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from mmmaps.utils.output_dirs import check_output_dir
+from mmmaps.utils.output_dirs import check_output_dir, publish_dir
 
 # ---------------------------------------------------------------------------
 # Classes. Things first, then stuff (the order mmdet's panoptic heads expect);
@@ -52,6 +52,7 @@ SYNTHETIC_METAINFO = dict(
 
 FORMAT_VERSION = 1
 SPLITS = ('train', 'val')
+SYNTHETIC_DATASET = 'synthetic panoptic dataset'  # the ``what`` of its output record
 
 _LABEL = {name: i for i, name in enumerate(CLASSES)}
 
@@ -337,8 +338,8 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
 
     If ``out`` already holds a dataset generated with the same parameters it is
     kept as is, unless ``force``. A dataset of other parameters is only replaced
-    with ``force``; anything but an empty folder or a dataset written here (its
-    ``synthetic_meta.json`` and nothing foreign) is never replaced.
+    with ``force``; anything but an empty folder or a dataset written here (its record
+    lists every file: nothing added or edited, at any depth) is never replaced.
 
     Raises:
         OutputOwnershipError: ``out`` cannot or may not (without ``force``) be replaced.
@@ -364,8 +365,7 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
 
     def check_out():
         return check_output_dir(
-            out, ('synthetic_meta.json',), 'synthetic panoptic dataset', force,
-            allowed=('synthetic_meta.json', 'annotations') + SPLITS,
+            out, SYNTHETIC_DATASET, force, legacy_markers=('synthetic_meta.json',),
             force_hint='pass --force (force=True) to replace it with these parameters')
 
     check_out()
@@ -384,15 +384,8 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
                     thing_classes=list(THING_CLASSES), stuff_classes=list(STUFF_CLASSES))
         with open(osp.join(tmp, 'synthetic_meta.json'), 'w') as f:
             json.dump(meta, f, indent=2)
-        # again: ``out`` may have changed while the dataset was generated
-        if check_out() != 'absent':
-            old = tempfile.mkdtemp(prefix='.' + osp.basename(osp.abspath(out)) + '.old-',
-                                   dir=parent)
-            os.rename(out, osp.join(old, 'data'))
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        # checks ``out`` again: it may have changed while the dataset was generated
+        publish_dir(tmp, out, SYNTHETIC_DATASET, legacy_markers=('synthetic_meta.json',))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

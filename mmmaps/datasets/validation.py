@@ -247,11 +247,22 @@ def drop_images(panoptic: dict, image_ids) -> dict:
     return out
 
 
+def validation_error(problems: List[dict], ann_file: str,
+                     hint: str = 'Fix the data, or pass --skip-invalid-images to leave these '
+                     'images out (listed in a report).') -> DatasetValidationError:
+    """The error of a split with ``problems``: the summary of :func:`format_problems`, then
+    what to do."""
+    return DatasetValidationError(format_problems(problems, ann_file) + '\n' + hint, problems)
+
+
 def check_panoptic_split(ann_file: str, img_dir: str, seg_dir: str,
                          classes: Optional[Sequence[str]] = None,
                          skip_invalid: bool = False, report_file: Optional[str] = None,
-                         min_side: int = MIN_IMAGE_SIDE) -> dict:
+                         min_side: int = MIN_IMAGE_SIDE,
+                         panoptic: Optional[dict] = None) -> dict:
     """Validate a split; raise on problems unless ``skip_invalid``.
+
+    ``panoptic`` is the content of ``ann_file`` when the caller has read it already.
 
     Returns:
         dict: ``panoptic`` (the annotations without the dropped images),
@@ -262,25 +273,41 @@ def check_panoptic_split(ann_file: str, img_dir: str, seg_dir: str,
     Raises:
         DatasetValidationError: problems were found and ``skip_invalid`` is False.
     """
-    with open(ann_file) as f:
-        panoptic = json.load(f)
+    if panoptic is None:
+        with open(ann_file) as f:
+            panoptic = json.load(f)
     problems = validate_panoptic(panoptic, ann_file, img_dir, seg_dir, classes, min_side)
     if problems and not skip_invalid:
-        raise DatasetValidationError(
-            format_problems(problems, ann_file) + '\nFix the data, or pass '
-            '--skip-invalid-images to leave these images out (listed in a report).', problems)
-    dropped = sorted({p['image_id'] for p in problems},
-                     key=lambda i: (not isinstance(i, int), i if isinstance(i, int) else str(i)))
-    names = {}
-    for image in panoptic.get('images', []):
-        if image['id'] in dropped:
-            names.setdefault(str(image['id']), []).append(image['file_name'])
-    if not problems and report_file and osp.isfile(report_file):
-        os.remove(report_file)  # a report of an earlier run would describe other data
-    if problems and report_file:
-        from mmmaps.memory.storage import write_json
-        write_json(report_file, dict(ann_file=osp.abspath(ann_file), num_problems=len(problems),
-                                     dropped_image_ids=dropped, dropped_files=names,
-                                     problems=problems))
+        raise validation_error(problems, ann_file)
+    dropped = dropped_image_ids(problems)
+    write_report(report_file, ann_file, panoptic, problems)
     return dict(panoptic=drop_images(panoptic, dropped), problems=problems,
                 dropped_image_ids=dropped, num_images=len(panoptic.get('images', [])))
+
+
+def dropped_image_ids(problems: List[dict]) -> list:
+    """The sorted ids of the images that have ``problems`` (what ``skip_invalid`` drops)."""
+    return sorted({p['image_id'] for p in problems},
+                  key=lambda i: (not isinstance(i, int), i if isinstance(i, int) else str(i)))
+
+
+def write_report(report_file: Optional[str], ann_file: str, panoptic: dict,
+                 problems: List[dict]) -> None:
+    """Write the report of the dropped images (``ann_file``, ``problems``,
+    ``dropped_image_ids``, ``dropped_files``) to ``report_file`` (atomically); without
+    problems remove an earlier report there, which would describe other data."""
+    if not report_file:
+        return
+    if not problems:
+        if osp.isfile(report_file):
+            os.remove(report_file)
+        return
+    dropped = dropped_image_ids(problems)
+    names, dropped_set = {}, set(dropped)
+    for image in panoptic.get('images', []):
+        if image['id'] in dropped_set:
+            names.setdefault(str(image['id']), []).append(image['file_name'])
+    from mmmaps.memory.storage import write_json
+    write_json(report_file, dict(ann_file=osp.abspath(ann_file), num_problems=len(problems),
+                                 dropped_image_ids=dropped, dropped_files=names,
+                                 problems=problems))

@@ -1,6 +1,9 @@
 """Errors of the ONNX export and runtime, and the check for the optional packages."""
 import importlib
 
+# the checkpoint's weights are not those of the config's model: one error for every loader
+from ..utils.checkpoint_fit import CheckpointMismatchError  # noqa: F401
+
 DEPLOY_REQUIREMENTS = 'requirements/deploy.txt'
 
 
@@ -8,8 +11,6 @@ class DeploymentError(ValueError):
     """An export or an exported model cannot be used as asked (the message says why)."""
 
 
-class CheckpointMismatchError(DeploymentError):
-    """The checkpoint's weights are not those of the config's model."""
 
 
 def require_onnx(what: str) -> None:

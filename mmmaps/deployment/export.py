@@ -10,16 +10,20 @@ An export folder holds:
   preprocessor, fusion head, ``test_cfg``, dataset meta and memory section);
 - ``deploy.json``: config and checkpoint (with sha256), opset and versions, every input
   and output (name, shape, dtype), the mask stride, the memory spec of MAPS, what the
-  export verified (max |PyTorch - onnxruntime| per output) and the sha256 of every file.
+  export verified (max |PyTorch - onnxruntime| per output), the sha256 of every file, and
+  ``deploy_sha256``, a checksum of its own content (:func:`deploy_digest`) that
+  :func:`read_export` verifies before the runtime trusts any field.
 
 The folder is written under a temporary name and renamed when complete; an existing
 folder is replaced only with ``force`` and only if it is an export (it has
 ``deploy.json`` and nothing else than export files).
 """
 import copy
+import hashlib
 import json
 import os.path as osp
 import platform
+import shlex
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -32,8 +36,9 @@ from .errors import CheckpointMismatchError, DeploymentError, require_onnx
 
 OPSET = 17
 FORMAT_NAME = 'mmmaps-onnx-export'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: deploy.json carries deploy_sha256, a checksum of its own content
 DEPLOY_JSON = 'deploy.json'
+DEPLOY_DIGEST = 'deploy_sha256'
 MODEL_ONNX = 'model.onnx'
 KEY_ENCODER_ONNX = 'key_encoder.onnx'
 CONFIG_PY = 'config.py'
@@ -53,9 +58,11 @@ def build_model_from_config(cfg):
 
 def load_checkpoint_strict(model: torch.nn.Module, checkpoint: str, config: str) -> dict:
     """Load ``checkpoint`` into ``model``, refusing any missing, unexpected or
-    differently shaped weight (a checkpoint of another config).
+    differently shaped weight (a checkpoint of another config), by the check every
+    mmmaps load shares (:func:`mmmaps.utils.checkpoint_fit.checkpoint_fit_check`).
 
     Returns the whole checkpoint (its ``meta`` records the MAPS memory)."""
+    from ..utils.checkpoint_fit import checkpoint_fit_check
     from ..utils.checkpoint_loading import safe_torch_load
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
@@ -64,22 +71,14 @@ def load_checkpoint_strict(model: torch.nn.Module, checkpoint: str, config: str)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointMismatchError(f'{checkpoint} holds no state_dict of tensors')
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f'{k}: checkpoint {tuple(state[k].shape)}, config {tuple(own[k].shape)}'
-              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def few(items):
-            return ', '.join(items[:5]) + (f' (+{len(items) - 5} more)' if len(items) > 5 else '')
-        problems = [f'{len(items)} {what}: {few(items)}' for what, items in (
-            ('weights the config needs are missing', missing),
-            ('weights the config has no place for', unexpected),
-            ('weights have other shapes', shapes)) if items]
+    try:
+        with checkpoint_fit_check(model, checkpoint):
+            # the check refused every difference but the model's documented allowances
+            model.load_state_dict(state, strict=False)
+    except CheckpointMismatchError as err:
         raise CheckpointMismatchError(
-            f'the checkpoint {checkpoint} does not match the model of {config}: '
-            + '; '.join(problems) + '. Export with the config the checkpoint was trained with.')
-    model.load_state_dict(state, strict=True)
+            f'{err} (the checkpoint does not match the model of {config}). Export with the '
+            'config the checkpoint was trained with.') from None
     return ckpt if isinstance(ckpt, dict) else {}
 
 
@@ -208,12 +207,15 @@ def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[in
         raise DeploymentError(f'opset {opset}: deformable attention needs GridSample '
                               '(opset >= 16)')
     out = osp.abspath(out)
-    check_output_dir(out, (DEPLOY_JSON, ), 'ONNX export', force, allowed=EXPORT_FILES)
+    check_output_dir(out, 'ONNX export', force, legacy_markers=(DEPLOY_JSON, ))
     if not osp.isfile(config):
         raise FileNotFoundError(f'config {config} does not exist')
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if cfg.get('memory') is not None:
+        from ..memory.builder import memory_cfg_of
+        memory_cfg_of(cfg)  # every key of the memory section known (before any work)
     model = build_model_from_config(cfg).eval()
     family = model_family(model)
     ckpt = load_checkpoint_strict(model, checkpoint, config)
@@ -234,7 +236,7 @@ def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[in
                 shape=[height, width],
                 versions=dict(torch=torch.__version__, python=platform.python_version()))
 
-    with atomic_directory(out, markers=(DEPLOY_JSON, ), what='ONNX export') as tmp:
+    with atomic_directory(out, what='ONNX export', legacy_markers=(DEPLOY_JSON, )) as tmp:
         model_path = osp.join(tmp, MODEL_ONNX)
         image = torch.randn(1, 3, height, width, generator=generator)
         if family == 'panoptic_segformer':
@@ -302,6 +304,7 @@ def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[in
         cfg.dump(osp.join(tmp, CONFIG_PY))
         info['files'] = {name: sha256_file(osp.join(tmp, name)) for name in EXPORT_FILES
                          if osp.isfile(osp.join(tmp, name))}
+        info[DEPLOY_DIGEST] = deploy_digest(info)
         with open(osp.join(tmp, DEPLOY_JSON), 'w') as f:
             json.dump(info, f, indent=2)
     checks = dict(info['verification']['model'])
@@ -320,7 +323,7 @@ def _export_key_encoder(cfg, folder: str, opset: int, tolerance: float, generato
     memory_cfg = cfg.get('memory') or {}
     if 'key_encoder' not in memory_cfg:
         raise DeploymentError('the MAPS config has no memory.key_encoder to export')
-    encoder = build_memory_encoder(memory_cfg['key_encoder']).eval()
+    encoder = build_memory_encoder(memory_cfg['key_encoder'], 'memory.key_encoder').eval()
     graph = KeyEncoderGraph(encoder).eval()
     size = int(encoder.image_size)
     crops = torch.rand(1, 3, size, size, generator=generator) * 255
@@ -338,8 +341,37 @@ def _export_key_encoder(cfg, folder: str, opset: int, tolerance: float, generato
                 verification=report)
 
 
+def deploy_digest(info: dict) -> str:
+    """The checksum ``deploy.json`` carries of itself (its ``deploy_sha256``): the sha256 of
+    ``info`` without that field, as canonical JSON (sorted keys, no whitespace), so it does
+    not depend on the file's indentation but on every value in it."""
+    body = {key: value for key, value in info.items() if key != DEPLOY_DIGEST}
+    canonical = json.dumps(json.loads(json.dumps(body)), sort_keys=True, separators=(',', ':'))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def export_command(info: dict, folder: str) -> str:
+    """The ``export_onnx.py`` command that writes ``folder`` again from what its
+    ``deploy.json`` records (config, checkpoint, shape, dynamic axes, opset)."""
+    words = ['python', 'tools/deployment/export_onnx.py', str(info.get('config') or 'CONFIG'),
+             str(info.get('checkpoint') or 'CHECKPOINT'), '--out', folder]
+    shape = info.get('shape')
+    if isinstance(shape, list) and len(shape) == 2:
+        words += ['--shape', str(shape[0]), str(shape[1])]
+    if info.get('dynamic') is True:
+        words.append('--dynamic')
+    if info.get('opset') not in (None, OPSET):
+        words += ['--opset', str(info['opset'])]
+    return ' '.join(shlex.quote(word) for word in words + ['--force'])
+
+
 def read_export(folder: str) -> dict:
-    """``deploy.json`` of an export folder, checked (format, files and their sha256)."""
+    """``deploy.json`` of an export folder, checked: format, its own checksum
+    (``deploy_sha256``, :func:`deploy_digest`), and the files it lists with their sha256.
+
+    An export of format version 1 (written before deploy.json had a checksum) is refused
+    naming the command that exports it again: an edit to its deploy.json could not be
+    told from the export, and the runtime trusts every shape and setting in it."""
     path = osp.join(folder, DEPLOY_JSON)
     if not osp.isfile(path):
         raise DeploymentError(f'{folder} is not an ONNX export of tools/deployment/'
@@ -349,10 +381,22 @@ def read_export(folder: str) -> dict:
             info = json.load(f)
     except ValueError as err:
         raise DeploymentError(f'{path}: not valid JSON ({err})') from None
-    if info.get('format') != FORMAT_NAME or info.get('format_version') != FORMAT_VERSION:
-        raise DeploymentError(f'{path}: format {info.get("format")!r} version '
-                              f'{info.get("format_version")!r}; this mmmaps reads '
-                              f'{FORMAT_NAME!r} version {FORMAT_VERSION}')
+    if not isinstance(info, dict) or info.get('format') != FORMAT_NAME:
+        raise DeploymentError(f'{path}: not the {DEPLOY_JSON} of an ONNX export of '
+                              f'tools/deployment/export_onnx.py (format {FORMAT_NAME!r})')
+    if info.get('format_version') == 1:
+        raise DeploymentError(
+            f'{path}: an export of an older mmmaps (format version 1), whose {DEPLOY_JSON} has '
+            'no checksum of its own, so an edit to it cannot be detected; export it again: '
+            + export_command(info, folder))
+    if info.get('format_version') != FORMAT_VERSION:
+        raise DeploymentError(f'{path}: format version {info.get("format_version")!r}; this '
+                              f'mmmaps reads {FORMAT_NAME!r} version {FORMAT_VERSION}')
+    if info.get(DEPLOY_DIGEST) != deploy_digest(info):
+        raise DeploymentError(
+            f'{path} was changed after the export: its content does not match its '
+            f'{DEPLOY_DIGEST} (the runtime would trust the changed shapes and settings). '
+            f'Restore the file, or export again: {export_command(info, folder)}')
     for name, digest in (info.get('files') or {}).items():
         file = osp.join(folder, name)
         if not osp.isfile(file):
@@ -364,5 +408,6 @@ def read_export(folder: str) -> dict:
 
 
 __all__ = ['export_onnx', 'read_export', 'load_checkpoint_strict', 'default_export_shape',
-           'OPSET', 'EXPORT_FILES', 'DEPLOY_JSON', 'MODEL_ONNX', 'KEY_ENCODER_ONNX',
-           'CONFIG_PY', 'max_abs_difference']
+           'deploy_digest', 'export_command', 'OPSET', 'EXPORT_FILES', 'DEPLOY_JSON',
+           'DEPLOY_DIGEST', 'MODEL_ONNX', 'KEY_ENCODER_ONNX', 'CONFIG_PY',
+           'max_abs_difference']

@@ -33,6 +33,7 @@ from mmengine.logging import print_log
 from mmengine.utils import ProgressBar
 
 from .bank import BankWriter, MemoryBank, as_identities
+from .config_schema import MemoryConfigError, check_memory_cfg
 from .dataset_records import dataset_cfg_of, load_panoptic_records
 from .encoders import build_memory_encoder
 from .faiss_index import normalize_index_cfg
@@ -50,13 +51,15 @@ class MemoryBuildError(RuntimeError):
 
 
 def memory_cfg_of(cfg: Config) -> dict:
+    """The config's ``memory`` section as a plain dict, every key of it checked
+    (:func:`~mmmaps.memory.config_schema.check_memory_cfg`)."""
     if 'memory' not in cfg:
         raise KeyError('the config has no `memory` section (key_encoder, dense_encoder, index, '
                        'root); see configs/_base_/memory/')
     memory = copy.deepcopy(cfg.memory)
-    if isinstance(memory, Config):
+    if hasattr(memory, 'to_dict'):
         memory = memory.to_dict()
-    return dict(memory)
+    return dict(check_memory_cfg(memory))
 
 
 def _as_saved(obj):
@@ -156,10 +159,14 @@ class MemoryBuilder:
         for record, identity in zip(self.records, ImageIdentities().of_many(
                 [r['img_path'] for r in self.records])):
             record['identity'] = identity
-        self.key_encoder = build_memory_encoder(self.memory['key_encoder']).to(self.device)
+        if not self.memory.get('key_encoder'):
+            raise MemoryConfigError('memory.key_encoder is not set (the frozen encoder of the '
+                                    'memory keys); see configs/_base_/memory/')
+        self.key_encoder = build_memory_encoder(self.memory['key_encoder'],
+                                                'memory.key_encoder').to(self.device)
         dense_cfg = None if query_cache_only else self.memory.get('dense_encoder')
-        self.dense_encoder = (build_memory_encoder(dense_cfg).to(self.device)
-                              if dense_cfg else None)
+        self.dense_encoder = (build_memory_encoder(dense_cfg, 'memory.dense_encoder')
+                              .to(self.device) if dense_cfg else None)
         if self.key_encoder.kind != 'global':
             raise TypeError('memory.key_encoder must be a global (CLS) encoder, got '
                             f'{type(self.key_encoder).__name__}')

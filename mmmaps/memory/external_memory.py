@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config_schema import RETRIEVAL_KEYS, MemoryConfigError, check_memory_cfg
 from .encoders import BaseMemoryEncoder, build_memory_encoder
 from .image_identity import ImageIdentities
 from .memory_root import ENCODER_IDENTITY, MemoryRoot
@@ -32,15 +33,6 @@ from .retriever import MemoryRetriever, RetrievalResult
 from .storage import MemoryBankError
 
 __all__ = ['ExternalMemory', 'build_external_memory', 'RETRIEVAL_KEYS']
-
-# memory.retrieval: what each key means
-RETRIEVAL_KEYS = dict(
-    k='images retrieved per query (paper: 5)',
-    max_objects='cap on object slots, objects of better-ranked images first (default 16 k)',
-    random_sampling="k' > k: in training, k images sampled from the top-k' (MAPS-Aug)",
-    pad_objects_to_max='always pad the object slots to max_objects (fixed shapes)',
-    allow_eval_overlap='evaluate on images that are in the memory (a leak; off by default)')
-
 
 class ExternalMemory:
     """Everything MAPS reads from its memory, and the only owner of how it is read.
@@ -251,16 +243,12 @@ def build_external_memory(memory_cfg: dict, root: Optional[str] = None, device=N
             :class:`mmmaps.deployment.ONNXKeyEncoder`); it must describe itself as the
             banks' key encoder, which is checked as for a built one.
     """
-    memory_cfg = dict(memory_cfg)
+    memory_cfg = dict(check_memory_cfg(memory_cfg))
     root = root or memory_cfg.get('root')
     if not root:
-        raise KeyError('set memory.root in the config (the directory tools/build_memory.py '
-                       'writes)')
+        raise MemoryConfigError('set memory.root in the config (the directory '
+                                'tools/build_memory.py writes)')
     retrieval = dict(memory_cfg.get('retrieval') or {})
-    unknown = sorted(set(retrieval) - set(RETRIEVAL_KEYS))
-    if unknown:
-        raise KeyError(f'memory.retrieval has unknown keys {unknown}; known: ' + '; '.join(
-            f'{k} ({v})' for k, v in RETRIEVAL_KEYS.items()))
     if device is None:
         device = torch.device(f'cuda:{torch.cuda.current_device()}'
                               if torch.cuda.is_available() else 'cpu')
@@ -279,10 +267,11 @@ def build_external_memory(memory_cfg: dict, root: Optional[str] = None, device=N
             if cache is not None:
                 eval_caches.append(cache)
     if key_encoder is None:
-        if 'key_encoder' not in memory_cfg:
-            raise KeyError('memory.key_encoder is not set (the frozen encoder of the query '
-                           'keys)')
-        key_encoder = build_memory_encoder(memory_cfg['key_encoder']).to(device)
+        if not memory_cfg.get('key_encoder'):
+            raise MemoryConfigError('memory.key_encoder is not set (the frozen encoder of the '
+                                    'query keys)')
+        key_encoder = build_memory_encoder(memory_cfg['key_encoder'],
+                                           'memory.key_encoder').to(device)
     if not query_caches:
         memory_root.query_cache = None
     return ExternalMemory(memory_root, key_encoder, k=int(retrieval.get('k', 5)),

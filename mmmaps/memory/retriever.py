@@ -14,6 +14,19 @@ import torch
 
 from .bank import MemoryBank
 
+# Cosine similarity (inner product of L2-normalised keys) at or above which a retrieved memory
+# image is taken for a near-duplicate of the query's picture (the same picture re-encoded or
+# slightly resized, which the content identity does not recognise): the one threshold of
+# tools/analysis/audit_memory.py's ``near_duplicates`` and of the MemoryHook's test-time
+# warning. Measured by benchmarks/near_duplicate_similarity.py (benchmarks/results/
+# near_duplicate_similarity.md) on the synthetic sets: every JPEG q97/q90 re-encode and
+# 0.9x/1.1x resize keeps its key above 0.99975 with both the tiny memory's random-init
+# ViT-S/16 and the pretrained stand-in; the nearest *distinct* image reaches 0.9992 with the
+# ViT-S/16 (so 0.9995 separates them) but up to 0.9998 with the stand-in, for which 6 % of the
+# synthetic val images (scene types of near-identical pictures) score above it too.
+# Keys this close are near-identical whatever the cause: reported, never silently excluded.
+NEAR_DUPLICATE_SIMILARITY = 0.9995
+
 
 @dataclass
 class RetrievalResult:
@@ -70,6 +83,13 @@ class RetrievalResult:
         return dataclasses.replace(
             self, scene_values=self.scene_values[..., :0],
             object_values=None if self.object_values is None else self.object_values[..., :0])
+
+    def near_duplicates(self, threshold: float = NEAR_DUPLICATE_SIMILARITY) -> torch.Tensor:
+        """(B, k) bool: retrieved (not padded) slots whose similarity with the query is at
+        or above ``threshold`` (:data:`NEAR_DUPLICATE_SIMILARITY`): the memory holds the
+        query's picture or a near-duplicate of it."""
+        return (~self.scene_mask.detach().cpu()) & (
+            self.scores.detach().float().cpu() >= threshold)
 
     def statistics(self, max_objects: int) -> Dict[str, float]:
         """Per-batch means: rank-1 scene similarity (``scene_sim``), mean similarity of the

@@ -15,21 +15,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from mmmaps.utils.output_dirs import output_state
+from mmmaps.utils.output_dirs import output_state, publish_dir, publish_mode
 
 _CHUNK = 1 << 22
 MANIFEST = 'manifest.json'
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _publish_mode(path: str, directory: bool = False) -> None:
-    """mkstemp/mkdtemp create private files; give them the usual umask-based mode."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+MEMORY_FOLDER = 'MAPS memory'  # the ``what`` of a published memory's output record
 
 
 def sha256_file(path: str) -> str:
@@ -59,7 +49,7 @@ def _atomic_file(path: str, binary: bool) -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _publish_mode(tmp)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if osp.exists(tmp):
@@ -135,44 +125,24 @@ def check_files(folder: str, manifest: dict, verify: bool) -> None:
                                   '(corrupt or modified); rebuild it')
 
 
-def replace_dir(src: str, dst: str, markers: Sequence[str] = (MANIFEST, ),
-                what: str = 'memory folder') -> None:
-    """Move the finished directory ``src`` to ``dst``, replacing an existing ``dst``.
-
-    The old ``dst`` is first renamed aside, so at every moment ``dst`` is either
-    the old complete directory, absent, or the new complete one. Only an empty
-    ``dst`` or one with one of ``markers`` (a folder written here) is replaced:
-    anything else raises ``mmmaps.utils.output_dirs.OutputOwnershipError``
-    and is left as it is.
-    """
-    dst = dst.rstrip('/')
-    old = None
-    if output_state(dst, markers, what) != 'absent':
-        old = tempfile.mkdtemp(prefix='.' + osp.basename(dst) + '.old-',
-                               dir=osp.dirname(dst) or '.')
-        os.rename(dst, osp.join(old, 'bank'))
-    os.rename(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 @contextmanager
-def atomic_directory(dst: str, markers: Sequence[str] = (MANIFEST, ),
-                     what: str = 'memory folder') -> Iterator[str]:
-    """Yield a temporary directory beside ``dst``; rename it to ``dst`` on success.
+def atomic_directory(dst: str, what: str = MEMORY_FOLDER,
+                     legacy_markers: Sequence[str] = (MANIFEST, )) -> Iterator[str]:
+    """Yield a temporary directory beside ``dst``; publish it as ``dst`` on success.
 
-    On any exception the temporary directory is deleted and ``dst`` is untouched;
-    a ``dst`` that :func:`replace_dir` would refuse is refused before any work.
+    On any exception the temporary directory is deleted and ``dst`` is untouched. Only an
+    absent or empty ``dst``, or a ``what`` published here to which nothing was added
+    (:func:`mmmaps.utils.output_dirs.output_state`), is replaced; anything else raises
+    ``OutputOwnershipError`` before any work, and again at publishing if it changed.
     """
     dst = osp.abspath(dst.rstrip('/'))
-    output_state(dst, markers, what)
+    output_state(dst, what, legacy_markers)
     parent = osp.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.' + osp.basename(dst) + '.partial-', dir=parent)
-    _publish_mode(tmp, directory=True)
     try:
         yield tmp
-        replace_dir(tmp, dst, markers, what)
+        publish_dir(tmp, dst, what, legacy_markers=legacy_markers)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -20,6 +20,8 @@ import os
 import os.path as osp
 import pickle
 import re
+import struct
+import zipfile
 from tempfile import TemporaryDirectory
 from typing import Any, Callable, List, Optional, Union
 from urllib.parse import urlparse
@@ -27,14 +29,19 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-__all__ = ['TRUST_ENV', 'UntrustedCheckpointError', 'checkpoint_types', 'safe_torch_load',
-           'register_safe_checkpoint_loaders', 'numpy_multiarray']
+__all__ = ['TRUST_ENV', 'UntrustedCheckpointError', 'UnreadableCheckpointError',
+           'checkpoint_types', 'safe_torch_load', 'register_safe_checkpoint_loaders',
+           'numpy_multiarray']
 
 TRUST_ENV = 'MMMAPS_TRUSTED_CHECKPOINT_TYPES'
 
 
 class UntrustedCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds a type outside :func:`checkpoint_types` (nothing of it was run)."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file cannot be read: truncated, or not a PyTorch checkpoint."""
 
 
 def numpy_multiarray():
@@ -108,12 +115,15 @@ def safe_torch_load(source: Union[str, io.IOBase], map_location: Any = None,
     Raises:
         UntrustedCheckpointError: the file holds a type that is not allowed (named in the
             message). No code of the file has run.
+        UnreadableCheckpointError: the file is truncated or not a PyTorch checkpoint.
     """
     origin = origin or str(source)
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if _unreadable(err):
+            raise _unreadable_error(origin, err) from None
         found = re.search(r'GLOBAL ([\w.]+)', str(err))
         what = found.group(1) if found else 'an object that is not a tensor or plain data'
         raise UntrustedCheckpointError(
@@ -122,6 +132,32 @@ def safe_torch_load(source: Union[str, io.IOBase], map_location: Any = None,
             f'and mmdet save). Nothing from the file was run. If you trust the file, allow the '
             f'type explicitly: {TRUST_ENV}={what if found else "package.module.Type"} '
             f'(comma-separated for several).\ntorch said: {str(err).splitlines()[0]}') from None
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError,
+            AttributeError, struct.error, zipfile.BadZipFile) as err:
+        # what torch.load raises on bytes that are no (complete) checkpoint: 'PytorchStreamReader
+        # failed reading zip archive' (truncated), a bare EOFError (empty file), KeyError or
+        # IndexError from the unpickler (other files, read as a legacy checkpoint)
+        if isinstance(err, RuntimeError) and 'CUDA' in str(err):
+            raise  # a readable checkpoint saved on GPU, with no GPU here: torch's message
+        raise _unreadable_error(origin, err) from None
+
+
+def _unreadable(err: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler failed on bytes that are no pickle at all
+    (a truncated or foreign file) rather than on a type it refuses."""
+    text = str(err)
+    return 'GLOBAL' not in text and any(
+        sign in text for sign in ('invalid load key', 'truncated', 'EOF', 'Ran out of input',
+                                  'could not find MARK', 'unpickling stack underflow',
+                                  'Unsupported operand'))
+
+
+def _unreadable_error(origin: str, err: BaseException) -> UnreadableCheckpointError:
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return UnreadableCheckpointError(
+        f'{origin}: cannot read the checkpoint: the file is truncated or not a PyTorch '
+        f'checkpoint (torch.load said: {type(err).__name__}: {lines[0][:200]}). Copy or '
+        'download it again, or point at another file.')
 
 
 # --------------------------------------------------------------------- mmengine's schemes

@@ -55,6 +55,7 @@ def load_tool_config(config: str, cfg_options: Optional[dict], work_dir: Optiona
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    check_work_dir(cfg.work_dir, '--work-dir' if work_dir is not None else 'work_dir')
     if launcher == 'pytorch' and not torch.cuda.is_available():
         init_cpu_process_group()
         # mmengine passes device_ids=[LOCAL_RANK] to DDP, which CPU modules reject.
@@ -64,6 +65,36 @@ def load_tool_config(config: str, cfg_options: Optional[dict], work_dir: Optiona
         cfg.model_wrapper_cfg['device_ids'] = None
     check_local_checkpoints(cfg)
     return cfg
+
+
+def check_work_dir(work_dir: str, key: str = '--work-dir') -> None:
+    """Raise ``NotADirectoryError`` naming ``work_dir`` when it is, or lies under, a file
+    (mmengine would fail later with a bare ``FileExistsError``)."""
+    path = osp.abspath(work_dir)
+    probe = path
+    while not osp.lexists(probe) and osp.dirname(probe) != probe:
+        probe = osp.dirname(probe)
+    if osp.isdir(probe):
+        return
+    if probe == path:
+        raise NotADirectoryError(f'{key} {work_dir} is a file, expected a folder for the '
+                                 f'logs and checkpoints: choose another {key}')
+    raise NotADirectoryError(f'{key} {work_dir}: {probe} is a file, so the folder cannot be '
+                             f'created under it: choose another {key}')
+
+
+def tool_errors() -> tuple:
+    """The errors ``tools/train.py``/``tools/test.py`` report as one line (``sys.exit``):
+    problems of the user's files or settings, each message naming the file or key."""
+    from ..datasets.preflight import ClassCountError
+    from ..datasets.validation import DatasetValidationError
+    from ..memory.storage import MemoryBankError
+    from .checkpoint_fit import CheckpointMismatchError
+    from .checkpoint_loading import UnreadableCheckpointError, UntrustedCheckpointError
+    from .output_dirs import OutputOwnershipError
+    return (FileNotFoundError, NotADirectoryError, CheckpointMismatchError,
+            UnreadableCheckpointError, UntrustedCheckpointError, DatasetValidationError,
+            ClassCountError, MemoryBankError, OutputOwnershipError)
 
 
 def init_cpu_process_group() -> None:

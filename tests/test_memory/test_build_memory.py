@@ -283,4 +283,4 @@ def test_build_memory_tool(synthetic_root, tmp_path):
     assert len(MemoryRoot(out + '_val').query_cache) == 4
     manifest = json.load(open(osp.join(out + '_val', 'manifest.json')))
     assert manifest['banks'] == dict(scene=None, object=None)
-    assert sorted(os.listdir(out + '_val')) == ['manifest.json', 'query_cache']
+    assert sorted(os.listdir(out + '_val')) == ['.mmmaps_output', 'manifest.json', 'query_cache']

@@ -1,6 +1,5 @@
 """Issue 16 (reliability): manifest schema checks before mapping, incompatible memory at test
 time is an error, one state per build (checksums, damaged chunks, locks, leftovers)."""
-import hashlib
 import importlib.util
 import json
 import os
@@ -20,22 +19,12 @@ from mmmaps.memory import MemoryBankError, MemoryRoot
 from mmmaps.memory import builder as builder_module
 from mmmaps.memory.builder import BuildLock, MemoryBuildError
 
-from ..conftest import MEMORY_CFG, REPO_ROOT, load_config_with_root
+from ..conftest import MEMORY_CFG, REPO_ROOT, load_config_with_root, tree_sha256
 from .test_build_memory import bank_digest, make_builder
 from .test_memory_hook import MemoryModel, make_runner
 
+
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
-
-
-def tree_sha256(folder):
-    """{relative path: sha256} of every file under ``folder`` (independent of the manifests)."""
-    out = {}
-    for base, _, names in os.walk(folder):
-        for name in names:
-            path = osp.join(base, name)
-            with open(path, 'rb') as f:
-                out[osp.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 @pytest.fixture
@@ -197,7 +186,8 @@ def test_test_tool_flag_sets_the_hook_override(synthetic_root, tmp_path, monkeyp
         seen['hooks'] = [dict(h) for h in cfg.custom_hooks if 'MemoryHook' in str(h['type'])]
         raise RuntimeError('stop here')
 
-    with mock.patch.object(tool.Runner, 'from_cfg', side_effect=fake_runner):
+    from mmmaps.engine import MMMapsRunner
+    with mock.patch.object(MMMapsRunner, 'from_cfg', side_effect=fake_runner):
         for flag, expected in (([], None), (['--allow-incompatible-memory'], True)):
             with pytest.raises(RuntimeError, match='stop here'):
                 tool.main([TINY_MAPS, str(ckpt), '--work-dir', str(tmp_path / 'w')] + flag)

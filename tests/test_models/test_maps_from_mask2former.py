@@ -132,7 +132,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_by_name(mask2former, syntheti
         (lambda s: s.update({'panoptic_head.extra.weight': torch.zeros(2)}),
          r'no place in MAPS: panoptic_head\.extra\.weight'),
         (lambda s: s.update({'panoptic_head.query_embed.weight': torch.zeros(21, 64)}),
-         r'panoptic_head\.query_embed\.weight \(21, 64\) vs \(20, 64\)'),
+         r'panoptic_head\.query_embed\.weight: checkpoint \(21, 64\), model \(20, 64\)'),
         (lambda s: s.pop('backbone.layer2.0.conv1.weight'),
          r'not in the checkpoint.*backbone\.layer2\.0\.conv1\.weight'),
     ]

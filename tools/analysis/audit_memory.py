@@ -16,10 +16,21 @@ prints one JSON object:
 - ``self_retrievals``: queries whose top-k contain their own picture (a leak: in training
   the model would read its own ground truth, at test time it would be evaluated on it);
 - ``cache_hits`` / ``cache_misses``: query keys served by a query cache (by content) / encoded;
-- ``leak``: whether anything leaks (``self_retrievals`` > 0, or for an evaluation split any
-  image in the memory).
+- ``near_duplicates``: queries that retrieve a memory image of *other* file content whose key
+  is near-identical to theirs (cosine >= ``near_duplicate_threshold``,
+  ``mmmaps.memory.retriever.NEAR_DUPLICATE_SIMILARITY``): the same picture re-encoded
+  (JPEG q97/q90) or slightly resized, which the content identity cannot recognise (the
+  threshold and what it separates are measured by benchmarks/near_duplicate_similarity.py);
+  ``near_duplicate_examples`` names the first few (image, memory image id, similarity);
+- ``leak``: whether anything leaks, and ``leak_reasons`` which of: ``self_retrievals``
+  (> 0), ``in_memory`` (an evaluation split's images in the memory), ``near_duplicates``
+  (> 0). A near-duplicate is a leak by content, not by file: ``leak`` is never false while
+  near-duplicates are found.
 
-Exits 1 on a leak, 0 otherwise. Run it first, before a long training.
+Exit status: 0 no leak; 1 a leak by file content (``self_retrievals`` or ``in_memory``; user
+errors print one line and exit 1 too); 3 near-duplicates only (keys this close can also be two
+distinct but nearly identical pictures: check ``near_duplicate_examples``). Run it first,
+before a long training.
 """
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
 
@@ -54,6 +65,7 @@ def audit(cfg, split: str, bank=None, batch: int = 16, device=None) -> dict:
     from mmmaps.engine.hooks.memory_hook import dataset_image_paths
     from mmmaps.memory import build_external_memory
     from mmmaps.memory.builder import memory_cfg_of
+    from mmmaps.memory.retriever import NEAR_DUPLICATE_SIMILARITY
 
     register_all_modules()  # the dataset's pipeline names mmdet transforms
     key = f'{split}_dataloader'
@@ -66,7 +78,8 @@ def audit(cfg, split: str, bank=None, batch: int = 16, device=None) -> dict:
     memory = build_external_memory(memory_cfg_of(cfg), root=bank, device=device)
     training = split == 'train'
     inside = memory.in_memory(paths)
-    self_hits, hits = [], 0
+    bank = memory.root.scene_bank
+    self_hits, near, hits = [], [], 0
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
         images = []
@@ -79,14 +92,27 @@ def audit(cfg, split: str, bank=None, batch: int = 16, device=None) -> dict:
             result = memory.retrieve(images, chunk, training=training, with_objects=False)
         hits += int(result.keys_from_cache.sum())
         self_hits += [p for p, own in zip(chunk, memory.self_retrievals(result, chunk)) if own]
+        flags = result.near_duplicates(NEAR_DUPLICATE_SIMILARITY)
+        for b, path in enumerate(chunk):
+            own = set(bank.rows_of_identity(memory.identity_of(path)))
+            slots = [j for j in flags[b].nonzero()[:, 0].tolist()
+                     if int(result.rows[b, j]) not in own]
+            if slots:  # slots are in score order: the first is the closest copy
+                near.append(dict(image=path, memory_image_id=int(result.image_ids[b, slots[0]]),
+                                 similarity=round(float(result.scores[b, slots[0]]), 6)))
     report = dict(
         config=cfg.filename, split=split, memory=memory.root.root,
         policy='training (own picture excluded)' if training else
         'evaluation (nothing excluded)',
         images=len(paths), in_memory=int(sum(inside)), self_retrievals=len(self_hits),
-        self_retrieval_examples=self_hits[:5], cache_hits=hits, cache_misses=len(paths) - hits,
-        k=memory.k)
-    report['leak'] = bool(self_hits) or (not training and report['in_memory'] > 0)
+        self_retrieval_examples=self_hits[:5], near_duplicates=len(near),
+        near_duplicate_threshold=NEAR_DUPLICATE_SIMILARITY, near_duplicate_examples=near[:5],
+        cache_hits=hits, cache_misses=len(paths) - hits, k=memory.k)
+    reasons = dict(self_retrievals=bool(self_hits),
+                   in_memory=not training and report['in_memory'] > 0,
+                   near_duplicates=bool(near))
+    report['leak_reasons'] = [name for name, found in reasons.items() if found]
+    report['leak'] = bool(report['leak_reasons'])
     return report
 
 
@@ -100,7 +126,14 @@ def main(argv=None) -> int:
         cfg.merge_from_dict(args.cfg_options)
     report = audit(cfg, args.split, bank=args.bank, batch=args.batch, device=args.device)
     print(json.dumps(report, indent=1))
-    return 1 if report['leak'] else 0
+    return exit_status(report)
+
+
+def exit_status(report: dict) -> int:
+    """0 no leak, 1 a leak by file content, 3 near-duplicates only."""
+    if set(report['leak_reasons']) - {'near_duplicates'}:
+        return 1
+    return 3 if report['leak'] else 0
 
 
 if __name__ == '__main__':

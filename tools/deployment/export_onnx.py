@@ -53,11 +53,12 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from mmmaps.deployment.errors import DeploymentError
+    from mmmaps.deployment.errors import CheckpointMismatchError, DeploymentError
     from mmmaps.memory.storage import MemoryBankError
+    from mmmaps.utils.checkpoint_loading import UnreadableCheckpointError
     from mmmaps.utils.output_dirs import OutputOwnershipError
     try:
         main()
-    except (DeploymentError, FileNotFoundError, ImportError, MemoryBankError,
-            OutputOwnershipError) as exc:
+    except (CheckpointMismatchError, DeploymentError, FileNotFoundError, ImportError,
+            MemoryBankError, OutputOwnershipError, UnreadableCheckpointError) as exc:
         sys.exit(f'export_onnx.py: error: {exc}')

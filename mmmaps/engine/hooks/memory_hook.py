@@ -10,6 +10,7 @@ from mmdet.registry import HOOKS
 
 from ...memory.checkpoint_meta import check_checkpoint_memory
 from ...memory.external_memory import ExternalMemory, build_external_memory
+from ...memory.retriever import NEAR_DUPLICATE_SIMILARITY
 
 STAT_NAMES = ('scene_sim', 'scene_sim_k', 'object_slots', 'key_cache_hits')
 
@@ -36,6 +37,11 @@ class MemoryHook(Hook):
     - ``before_val``/``before_test``: refuses a dataset whose images are in the memory.
     - training statistics come with the losses (``retrieval/...``); evaluation statistics
       are averaged from the predictions' ``metainfo['retrieval']`` and logged per epoch.
+    - at evaluation, an image that retrieves a memory image with similarity at or above
+      :data:`~mmmaps.memory.retriever.NEAR_DUPLICATE_SIMILARITY` (a near-duplicate of it is
+      in the memory: re-encoded or resized copies have other file contents, which the leak
+      check of ``before_val``/``before_test`` cannot see) is a WARNING: the first one per
+      run names the image, each evaluation ends with their count.
     - checkpoints record the memory (meta ``memory``); loading one trained with another
       memory warns loudly, unless ``memory_swap`` (``tools/test.py --memory``); one trained
       with other encoders or dimensions is an error, unless ``allow_incompatible_memory``.
@@ -58,6 +64,8 @@ class MemoryHook(Hook):
         self.log_stats = log_stats
         self.memory: Optional[ExternalMemory] = None
         self._eval_stats: Dict[str, List[float]] = {}
+        self._near_duplicates = [0, 0]  # images that retrieved a near-duplicate, images
+        self._warned_near_duplicate = False
 
     @staticmethod
     def _model(runner):
@@ -120,21 +128,53 @@ class MemoryHook(Hook):
         self._check_eval(runner, 'test')
 
     # ------------------------------------------------------------------ statistics
-    def _collect(self, outputs) -> None:
+    def _collect(self, runner, outputs) -> None:
         for sample in outputs or []:
             if 'retrieval' in sample:
                 for name, value in sample.retrieval.statistics(
                         self.memory.retriever.max_objects).items():
                     self._eval_stats.setdefault(name, []).append(value)
+                self._check_near_duplicate(runner, sample)
+
+    def _check_near_duplicate(self, runner, sample) -> None:
+        retrieval = sample.retrieval
+        near = retrieval.near_duplicates()[0]
+        self._near_duplicates[1] += 1
+        if not near.any():
+            return
+        self._near_duplicates[0] += 1
+        if self._warned_near_duplicate:
+            return
+        self._warned_near_duplicate = True
+        slot = int(near.nonzero()[0])
+        runner.logger.warning(
+            f'near-duplicate retrieval: {sample.metainfo.get("img_path")} retrieved memory '
+            f'image {int(retrieval.image_ids[0, slot])} with scene similarity '
+            f'{float(retrieval.scores[0, slot]):.4f} >= {NEAR_DUPLICATE_SIMILARITY} (the memory '
+            f'{self.memory.root.root} probably holds a re-encoded or resized copy of this '
+            'evaluation image: a leak that file contents do not show). Check with '
+            'tools/analysis/audit_memory.py CONFIG --split val|test; the count follows at the '
+            'end of the evaluation.')
 
     def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        self._collect(outputs)
+        self._collect(runner, outputs)
 
     def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        self._collect(outputs)
+        self._collect(runner, outputs)
 
     def _log_eval_stats(self, runner, mode: str) -> None:
         stats, self._eval_stats = self._eval_stats, {}
+        near = torch.tensor(self._near_duplicates, dtype=torch.float64)
+        self._near_duplicates = [0, 0]
+        all_reduce(near)
+        found, images = (int(v) for v in near.tolist())
+        if found:
+            runner.logger.warning(
+                f'near-duplicate retrievals ({mode}): {found} of the {images} evaluated images '
+                f'retrieved a memory image with scene similarity >= '
+                f'{NEAR_DUPLICATE_SIMILARITY} from {self.memory.root.root}: the metrics of '
+                'this evaluation are probably inflated by near-duplicates of its images in the '
+                'memory (tools/analysis/audit_memory.py CONFIG --split val|test lists them)')
         if not self.log_stats:
             return
         # every rank evaluated its share of the images: sum over ranks before averaging

@@ -1,6 +1,7 @@
 """Common behaviour of the frozen image encoders that feed the MAPS memory."""
+import inspect
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,7 @@ from .weights import file_sha256, weights_fingerprint
 
 __all__ = [
     'BaseMemoryEncoder', 'GlobalMemoryEncoder', 'DenseMemoryEncoder', 'build_memory_encoder',
-    'ImageBatch'
+    'check_encoder_cfg', 'memory_encoder_types', 'ImageBatch'
 ]
 
 ImageBatch = Union[Tensor, Sequence[Tensor]]
@@ -259,13 +260,71 @@ class DenseMemoryEncoder(BaseMemoryEncoder):
         return dict(normalize=self.normalize)
 
 
-def build_memory_encoder(cfg: Dict) -> BaseMemoryEncoder:
-    """Build a memory encoder from a config dict (``type`` one of the registered encoders)."""
-    encoder = MODELS.build(cfg)
-    if not isinstance(encoder, BaseMemoryEncoder):
+_BUILD_KEYS = dict(type='the encoder class', _scope_='registry scope')
+
+
+def memory_encoder_types() -> List[str]:
+    """Names of the registered memory encoder classes."""
+    return sorted(name for name, cls in MODELS.module_dict.items()
+                  if isinstance(cls, type) and issubclass(cls, BaseMemoryEncoder))
+
+
+def check_encoder_cfg(cfg: Mapping, key: str = 'memory encoder') -> type:
+    """The encoder class a config names, after checking every key of the config is one of
+    that class's arguments.
+
+    Args:
+        cfg: ``dict(type=..., **arguments)``.
+        key: Where the config is, for errors (e.g. ``'memory.key_encoder'``).
+
+    Raises:
+        MemoryConfigError: naming ``<key>.<unknown argument>`` and the known ones, or
+            ``<key>.type`` when it names no memory encoder.
+    """
+    from ..config_schema import MemoryConfigError, unknown_keys_message
+    if not isinstance(cfg, Mapping):
+        raise MemoryConfigError(f'{key} must be a dict (type=... and its arguments), got '
+                                f'{type(cfg).__name__}')
+    kind = cfg.get('type')
+    cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    if kind is None or not isinstance(cls, type):
+        raise MemoryConfigError(f'{key}.type={kind!r} names no registered class; a memory '
+                                f'encoder is one of {", ".join(memory_encoder_types())}')
+    if not issubclass(cls, BaseMemoryEncoder):
         raise TypeError(
-            f'Memory encoder config type={cfg.get("type")!r} built a {type(encoder).__name__}, '
-            'which is not a BaseMemoryEncoder; use one of CLIPCLSEncoder, DINOCLSEncoder, '
-            'CLIPImageDenseEncoder, TiledCLIPDenseEncoder, MaskCLIPDenseEncoder, '
-            'DINODenseEncoder.')
-    return encoder
+            f'{key}: type={kind!r} is a {cls.__name__}, which is not a BaseMemoryEncoder; use '
+            f'one of {", ".join(memory_encoder_types())}.')
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return cls
+    arguments = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    known = dict(_BUILD_KEYS, **{name: '' for name, p in params.items()
+                                 if name != 'self' and p.kind in arguments})
+    unknown = [name for name in cfg if name not in known]
+    if unknown:
+        raise MemoryConfigError(unknown_keys_message(key, unknown, known,
+                                                     owner=f'{key} (type {cls.__name__})'))
+    return cls
+
+
+def build_memory_encoder(cfg: Mapping, key: str = 'memory encoder') -> BaseMemoryEncoder:
+    """Build a memory encoder from a config dict (``type`` one of the registered encoders).
+
+    Args:
+        cfg: ``dict(type=..., **arguments)``; its keys are checked first
+            (:func:`check_encoder_cfg`).
+        key: Where the config is (e.g. ``'memory.key_encoder'``): errors about the config
+            and about its weights file (``<key>.pretrained``) name it.
+    """
+    from ..config_schema import MemoryConfigError
+    from .weights import EncoderWeightsError
+    cls = check_encoder_cfg(cfg, key)
+    kwargs = {name: value for name, value in cfg.items() if name not in _BUILD_KEYS}
+    try:
+        return cls(**kwargs)
+    except EncoderWeightsError as exc:
+        raise exc.at_key(f'{key}.pretrained') from exc.__cause__
+    except MemoryConfigError as exc:
+        raise MemoryConfigError(f'{key}: {exc}') from None
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f'{key}.pretrained: {exc}') from None

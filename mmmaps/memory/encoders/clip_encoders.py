@@ -155,7 +155,10 @@ class CLIPCLSEncoder(_CLIPTower, GlobalMemoryEncoder):
         arch (str): open_clip model name. Default ``'ViT-B-16'``.
         pretrained (str | None): open_clip checkpoint file; None = random init from ``seed``.
         seed (int): seed of the random init.
-        image_size (int): crop size fed to the tower.
+        image_size (int | None): crop size fed to the tower. The tower's pooled embedding
+            only exists at the input size its positional embedding was made for (224 for
+            ViT-B-16 and ViT-S-16, 112 for mmmaps-ViT-Ti-16-112): None (default) takes that
+            size from the tower; another value is refused naming the size it needs.
         quick_gelu (bool | None): QuickGELU MLPs; None = what open_clip's OpenAI weights for
             ``arch`` use (True for ViT-B-16, whose OpenAI checkpoint needs it).
 
@@ -163,10 +166,27 @@ class CLIPCLSEncoder(_CLIPTower, GlobalMemoryEncoder):
     """
 
     def __init__(self, arch: str = 'ViT-B-16', pretrained: Optional[str] = None, seed: int = 0,
-                 image_size: int = 224, quick_gelu: Optional[bool] = None):
+                 image_size: Optional[int] = None, quick_gelu: Optional[bool] = None):
         super().__init__(CLIP_MEAN, CLIP_STD)
-        self.image_size = int(image_size)
         self._init_clip(arch, pretrained, seed, quick_gelu)
+        self.image_size = self._native_image_size(image_size)
+
+    def _native_image_size(self, image_size: Optional[int]) -> int:
+        """The tower's input size; ``image_size`` must be it when given."""
+        from ..config_schema import MemoryConfigError
+        height, width = (int(v) for v in self.visual.image_size)
+        if height != width:
+            raise ValueError(f'{self.arch} takes {height}x{width} inputs; the CLS encoder '
+                             'crops squares.')
+        if image_size is not None and int(image_size) != height:
+            weights = self._checkpoint or f'random init, seed {self.seed}'
+            raise MemoryConfigError(
+                f'image_size={image_size} does not fit the {self.arch} tower ({weights}): its '
+                f'positional embedding covers {height // self.patch_size}x'
+                f'{width // self.patch_size} patches of {self.patch_size} px, so it takes '
+                f'{height}x{width} crops; set image_size={height} (or leave it unset: it is '
+                'then taken from the tower)')
+        return height
 
     def preprocess(self, image: Tensor) -> Tensor:
         """(3, H, W) float 0-255 -> (3, image_size, image_size) normalised tower input."""

@@ -9,6 +9,7 @@ the same spec hold one copy of the weights (identical by construction).
 import contextlib
 import hashlib
 import os
+import pickle
 import threading
 import weakref
 from typing import Iterator, Optional
@@ -16,11 +17,13 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from ..storage import MemoryBankError
+
 __all__ = [
     'CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_WEIGHTS_HINT',
     'DINO_WEIGHTS_HINT', 'resolve_checkpoint', 'file_sha256', 'weights_fingerprint',
     'seeded_init', 'default_quick_gelu', 'load_clip_visual', 'register_open_clip_configs',
-    'load_timm_vit', 'clear_tower_cache'
+    'load_timm_vit', 'clear_tower_cache', 'EncoderWeightsError', 'UntrustedEncoderWeightsError'
 ]
 
 # RGB, on the 0-255 pixel scale
@@ -38,6 +41,76 @@ CLIP_WEIGHTS_HINT = (
 DINO_WEIGHTS_HINT = (
     'The DINO encoders expect `dino_vitbase16_pretrain.pth` from '
     'https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth')
+
+
+
+class EncoderWeightsError(MemoryBankError):
+    """A memory encoder's weights file (``pretrained``) is not a checkpoint of its tower:
+    unreadable, truncated, or the weights of another model. The message names the file and
+    what was expected; :func:`~mmmaps.memory.encoders.build_memory_encoder` adds the config
+    key that points at it (:meth:`at_key`)."""
+
+    def __init__(self, path: str, problem: str, expected: str, key: str = ''):
+        self.path, self.problem, self.expected, self.key = path, problem, expected, key
+        where = f'{key} = ' if key else 'memory encoder weights '
+        super().__init__(f'{where}{path}: {problem}; expected {expected}')
+
+    def at_key(self, key: str) -> 'EncoderWeightsError':
+        """The same error, naming the config key that points at the file."""
+        return type(self)(self.path, self.problem, self.expected, key)
+
+
+class UntrustedEncoderWeightsError(EncoderWeightsError, pickle.UnpicklingError):
+    """The weights file holds pickled objects that are not tensors or plain data (a crafted
+    file): torch's weights-only unpickler refused them, nothing of the file was run."""
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    text = ' '.join(str(exc).split())  # torch's load_state_dict errors span lines
+    return f'{type(exc).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+# where an error was raised while *reading* a weights file (rather than fitting it to a model)
+_READERS = (os.sep + os.path.join('torch', 'serialization.py'),
+            os.sep + os.path.join('torch', '_weights_only_unpickler.py'),
+            os.sep + 'safetensors' + os.sep, os.sep + 'zipfile')
+
+
+def _while_reading(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if any(part in tb.tb_frame.f_code.co_filename for part in _READERS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _ReadingWeights:
+    """Turns a failure of loading ``path`` into its tower into one
+    :class:`EncoderWeightsError` line naming the file (only the loading runs inside: the
+    architecture was checked before)."""
+
+    def __init__(self, path: str, arch: str, expected: str):
+        self.path, self.arch, self.expected = path, arch, expected
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, MemoryError):
+            return False
+        if isinstance(exc, pickle.UnpicklingError) and 'GLOBAL' in str(exc):
+            raise UntrustedEncoderWeightsError(
+                self.path, 'holds pickled objects that are not tensors (torch\'s weights-only '
+                f'unpickler refused them; nothing of the file was run: {_first_line(exc)})',
+                self.expected) from exc
+        if _while_reading(exc) or isinstance(exc, (EOFError, pickle.UnpicklingError)):
+            problem = ('cannot be read: it is truncated or not a PyTorch/safetensors checkpoint '
+                       f'({_first_line(exc)})')
+        else:
+            problem = f'does not fit the {self.arch} tower ({_first_line(exc)})'
+        raise EncoderWeightsError(self.path, problem, self.expected) from exc
+
 
 _cache_lock = threading.Lock()
 # Weak values: a tower lives as long as some encoder holds it, and is rebuilt (identically)
@@ -161,11 +234,19 @@ def load_clip_visual(arch: str, checkpoint: Optional[str], seed: int,
     """
     import open_clip
     register_open_clip_configs()
+    if open_clip.get_model_config(arch) is None:
+        raise ValueError(f'arch={arch!r} is not an open_clip architecture (open_clip.'
+                         'list_models() lists them; mmmaps adds mmmaps-ViT-Ti-16-112)')
+    expected = (f'an open_clip state dict of {arch} (.bin/.pt/.pth or .safetensors; '
+                'tools/pretrain_encoder.py writes one for mmmaps-ViT-Ti-16-112)')
 
     def build():
         with seeded_init(seed):
-            model = open_clip.create_model(arch, pretrained=checkpoint,
-                                           force_quick_gelu=quick_gelu)
+            if checkpoint is None:
+                return open_clip.create_model(arch, force_quick_gelu=quick_gelu).visual
+            with _ReadingWeights(checkpoint, arch, expected):
+                model = open_clip.create_model(arch, pretrained=checkpoint,
+                                               force_quick_gelu=quick_gelu)
         return model.visual
 
     return _cached(('open_clip', arch, checkpoint, int(seed), bool(quick_gelu)), build)
@@ -181,13 +262,19 @@ def load_timm_vit(arch: str, checkpoint: Optional[str], seed: int) -> nn.Module:
         seed: seed of the random init.
     """
     import timm
+    if not timm.is_model(arch):
+        raise ValueError(f'arch={arch!r} is not a timm model name (e.g. '
+                         '\'vit_base_patch16_224.dino\')')
+    expected = (f'a state dict of the timm model {arch} (timm or original DINO naming, e.g. '
+                'dino_vitbase16_pretrain.pth for vit_base_patch16_224.dino)')
 
     def build():
         kwargs = dict(num_classes=0, dynamic_img_size=True)
         with seeded_init(seed):
             if checkpoint is None:
                 return timm.create_model(arch, pretrained=False, **kwargs)
-            return timm.create_model(arch, pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=checkpoint), **kwargs)
+            with _ReadingWeights(checkpoint, arch, expected):
+                return timm.create_model(arch, pretrained=True,
+                                         pretrained_cfg_overlay=dict(file=checkpoint), **kwargs)
 
     return _cached(('timm', arch, checkpoint, int(seed)), build)

@@ -1,6 +1,6 @@
 """MAPS: Mask2Former whose queries read a retrieved scene and object memory."""
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -12,6 +12,7 @@ from mmdet.structures import SampleList
 
 from ...memory.external_memory import ExternalMemory
 from ...memory.retriever import RetrievalResult
+from ...utils.checkpoint_fit import CheckpointMismatchError, StateDiff, install_fit_check
 from ...utils.text import name_list
 from ..dense_heads.maps_head import MAPSMask2FormerHead
 
@@ -32,10 +33,9 @@ def unnormalized_images(batch_inputs: Tensor, batch_data_samples: SampleList,
 
 MAPS_ONLY_PARTS = ('.memory_attn.', '.extra_attn.')  # tensors a Mask2Former does not have
 CLASS_HEAD = ('panoptic_head.cls_embed.weight', 'panoptic_head.cls_embed.bias')
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's tensors do not fit the MAPS model (names in the message)."""
+MASK2FORMER_HINT = ('A Mask2Former checkpoint must come from the same Mask2Former config '
+                    '(backbone, queries, decoder layers); convert detectron2 checkpoints with '
+                    'tools/model_converters/mask2former_detectron2.py.')
 
 
 @MODELS.register_module()
@@ -75,44 +75,29 @@ class MAPS(Mask2Former):
             raise TypeError('MAPS needs panoptic_head=dict(type="MAPSMask2FormerHead", ...), '
                             f'got {type(self.panoptic_head).__name__}')
         self.memory: Optional[ExternalMemory] = None
-        self._register_load_state_dict_pre_hook(self._check_incoming_state)
+        install_fit_check(self)
 
-    def _check_incoming_state(self, state_dict: dict, prefix: str, *args) -> None:
-        """Refuse or explain what a checkpoint lacks or adds (see the class docstring)."""
-        own = {k: v.shape for k, v in self.state_dict().items()}
-        incoming = {k[len(prefix):]: k for k in state_dict if k.startswith(prefix)}
-        unexpected = [k for k in incoming if k not in own]
-        mismatched = {k: tuple(state_dict[incoming[k]].shape) for k in incoming
-                      if k in own and state_dict[incoming[k]].shape != own[k]}
+    def allow_checkpoint_difference(self, diff: StateDiff, state_dict: dict,
+                                    prefix: str) -> Tuple[StateDiff, str]:
+        """MAPS's allowances of :func:`~mmmaps.utils.checkpoint_fit.check_state_fits` (see the
+        class docstring): a classifier of another class count is dropped from ``state_dict``
+        (re-initialised, logged); the MAPS-only tensors may be missing when their
+        initialisation is defined (logged). Returns what stays refused and a hint."""
+        mismatched = dict(diff.mismatched)
         if set(mismatched) >= set(CLASS_HEAD) and all(
-                mismatched[k][1:] == tuple(own[k][1:]) for k in CLASS_HEAD):
-            print_log(f'the checkpoint classifies {mismatched[CLASS_HEAD[1]][0] - 1} classes, '
-                      f'this model {own[CLASS_HEAD[1]][0] - 1}: {CLASS_HEAD[0]} and .bias are '
-                      're-initialised', logger='current', level=logging.WARNING)
+                mismatched[k][0][1:] == mismatched[k][1][1:] for k in CLASS_HEAD):
+            theirs, ours = mismatched[CLASS_HEAD[1]]
+            print_log(f'the checkpoint classifies {theirs[0] - 1} classes, this model '
+                      f'{ours[0] - 1}: {CLASS_HEAD[0]} and .bias are re-initialised',
+                      logger='current', level=logging.WARNING)
             for key in CLASS_HEAD:
-                state_dict.pop(incoming.pop(key))
+                state_dict.pop(prefix + key)
                 del mismatched[key]
-        missing = [k for k in own if k not in incoming and k not in CLASS_HEAD]
-        maps_only = [k for k in missing if any(part in k for part in MAPS_ONLY_PARTS)]
-        problems = []
-        if unexpected:
-            problems.append(f'{len(unexpected)} tensor(s) of the checkpoint have no place in '
-                            f'MAPS: {name_list(unexpected)}')
-        if mismatched:
-            problems.append(f'{len(mismatched)} tensor(s) differ in shape (checkpoint vs MAPS): '
-                            + name_list(f'{k} {v} vs {tuple(own[k])}'
-                                     for k, v in mismatched.items()))
-        if len(missing) > len(maps_only):
-            problems.append('MAPS tensors not in the checkpoint (only the memory attention may '
-                            'be missing): ' + name_list(k for k in missing if k not in maps_only))
-        if problems:
-            raise CheckpointMismatchError(
-                'the checkpoint does not fit this MAPS model: ' + '; '.join(problems)
-                + '. A Mask2Former checkpoint must come from the same Mask2Former config '
-                '(backbone, queries, decoder layers); convert detectron2 checkpoints with '
-                'tools/model_converters/mask2former_detectron2.py.')
-        if not maps_only:
-            return
+        maps_only = [k for k in diff.missing if any(part in k for part in MAPS_ONLY_PARTS)]
+        rest = StateDiff([k for k in diff.missing if k not in maps_only], diff.unexpected,
+                         mismatched)
+        if rest or not maps_only:
+            return rest, MASK2FORMER_HINT
         if self.panoptic_head.memory_init != 'identity' and not self.is_init:
             # tools/test.py and the demo load without init_weights(): the memory layers
             # would be PyTorch's default initialisation, defined by nothing
@@ -125,6 +110,7 @@ class MAPS(Mask2Former):
         print_log(f'{len(maps_only)} MAPS-only tensors are not in the checkpoint and keep '
                   f'their initialisation (memory_init={self.panoptic_head.memory_init!r}): '
                   + name_list(maps_only, limit=None), logger='current')
+        return rest, ''
 
     def attach_memory(self, memory: ExternalMemory) -> None:
         """Read ``memory`` from now on (it must hold the value dims the head reads)."""
