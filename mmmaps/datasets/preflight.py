@@ -250,17 +250,6 @@ def _check_dataset(key: str, dataset: dict, split: str, skip_invalid: bool,
 
 
 # ------------------------------------------------------------------------- class counts
-def _walk(node, key: str) -> Iterator[Tuple[str, object]]:
-    if isinstance(node, dict):
-        for name, value in node.items():
-            sub = f'{key}.{name}'
-            yield sub, value
-            yield from _walk(value, sub)
-    elif isinstance(node, (list, tuple)):
-        for i, value in enumerate(node):
-            yield from _walk(value, f'{key}[{i}]')
-
-
 def _dataset_counts(dataset: dict, key: str) -> Tuple[Optional[int], Optional[int], int, str]:
     """(things, stuff, classes, where they come from) of a leaf dataset config; things and
     stuff are None when the config names classes without splitting them."""
@@ -288,7 +277,8 @@ def check_class_counts(cfg, split: str) -> None:
     loader = cfg.get(f'{split}_dataloader') or {}
     model = cfg.get('model') or {}
     heads = {}
-    for key, value in _walk(model, 'model'):
+    from ..utils.tool_utils import walk_config
+    for key, value in walk_config(model, 'model'):
         parent, _, name = key.rpartition('.')
         if name in CLASS_KEYS and isinstance(value, int):
             heads.setdefault(parent, {})[name] = value

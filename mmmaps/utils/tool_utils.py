@@ -10,15 +10,17 @@ _REMOTE_PREFIXES = ('http://', 'https://', 'torchvision://', 'open-mmlab://', 'm
                     'modelzoo://', 's3://', 'mmpretrain://')
 
 
-def _walk(node: Any, path: str = '') -> Iterator[Tuple[str, Any]]:
+def walk_config(node: Any, path: str = '') -> Iterator[Tuple[str, Any]]:
+    """``(dotted key, value)`` of every node of a config dict, at any depth (lists as
+    ``key[i]``), below ``path``."""
     if isinstance(node, dict):
         for key, value in node.items():
             sub = f'{path}.{key}' if path else str(key)
             yield sub, value
-            yield from _walk(value, sub)
+            yield from walk_config(value, sub)
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
-            yield from _walk(value, f'{path}[{i}]')
+            yield from walk_config(value, f'{path}[{i}]')
 
 
 def check_local_checkpoints(cfg: Config) -> None:
@@ -27,7 +29,7 @@ def check_local_checkpoints(cfg: Config) -> None:
     Without this, mmengine fails deep inside ``init_weights`` with a message that
     does not say which config key points at the file.
     """
-    for key, value in _walk(cfg._cfg_dict.to_dict()):
+    for key, value in walk_config(cfg._cfg_dict.to_dict()):
         if not key.endswith('init_cfg') or not isinstance(value, dict):
             continue
         ckpt = value.get('checkpoint')

@@ -36,11 +36,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from mmmaps.converters import ConversionError
     from mmmaps.converters.mask2former_detectron2 import convert
-    from mmmaps.utils.checkpoint_loading import UntrustedCheckpointError
+    from mmmaps.utils.checkpoint_loading import (UnreadableCheckpointError,
+                                                 UntrustedCheckpointError)
     try:
         meta = convert(args.src, args.dst, dataset=args.dataset, config=args.config,
                        force=args.force)
-    except (ConversionError, FileNotFoundError, UntrustedCheckpointError) as err:
+    except (ConversionError, FileNotFoundError, UnreadableCheckpointError,
+            UntrustedCheckpointError) as err:
         print(f'mask2former_detectron2.py: error: {err}', file=sys.stderr)
         return 1
     print(f"converted {meta['num_tensors']} tensors of {args.src} (dataset "

@@ -35,11 +35,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from mmmaps.converters import ConversionError
     from mmmaps.converters.panoptic_segformer_official import convert
-    from mmmaps.utils.checkpoint_loading import UntrustedCheckpointError
+    from mmmaps.utils.checkpoint_loading import (UnreadableCheckpointError,
+                                                 UntrustedCheckpointError)
     try:
         meta = convert(args.src, args.dst, variant=args.variant, config=args.config,
                        force=args.force)
-    except (ConversionError, FileNotFoundError, UntrustedCheckpointError) as err:
+    except (ConversionError, FileNotFoundError, UnreadableCheckpointError,
+            UntrustedCheckpointError) as err:
         print(f'panoptic_segformer_official.py: error: {err}', file=sys.stderr)
         return 1
     print(f"converted {meta['num_tensors']} tensors of {args.src} ({meta['variant']}, sha256 "
