@@ -20,12 +20,12 @@ import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noq
 import argparse
 import json
 import os.path as osp
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.maps_low_label import ROOT, run, schedule, summary
+from benchmarks.runs import (ROOT, interval95, last_checkpoint, publish, run, schedule,
+                            summary)
 
 BASELINE = 'configs/mask2former/mask2former_r18_synthetic-panoptic.py'
 MAPS = 'configs/maps/maps_r18_synthetic-panoptic_standin-clip_from-mask2former.py'
@@ -46,15 +46,6 @@ def parse_args(argv=None):
     parser.add_argument('--publish', action='store_true',
                         help='write benchmarks/results/maps_from_mask2former.{json,md}')
     return parser.parse_args(argv)
-
-
-def interval95(diffs):
-    """Mean and half-width of the 95 % t-interval of paired differences."""
-    from scipy import stats
-    mean = statistics.mean(diffs)
-    if len(diffs) < 2:
-        return mean, float('nan')
-    return mean, stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs)**.5
 
 
 def train_and_test(args, name, config, options, tests, seed):
@@ -83,11 +74,6 @@ def train_and_test(args, name, config, options, tests, seed):
     result = {test: summary(osp.join(work, test, 'metrics.json')) for test in tests}
     print(f'  {name} seed {seed}: PQ {result["test"]["PQ"]:.2f}', flush=True)
     return name, seed, result
-
-
-def last_checkpoint(work):
-    with open(osp.join(work, 'train', 'last_checkpoint')) as f:
-        return f.read().strip()
 
 
 def main(argv=None):
@@ -146,11 +132,7 @@ def main(argv=None):
     with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
         json.dump(payload, f, indent=2)
     if args.publish:
-        out = osp.join(ROOT, 'benchmarks', 'results', 'maps_from_mask2former')
-        with open(out + '.json', 'w') as f:
-            json.dump(payload, f, indent=2)
-        with open(out + '.md', 'w') as f:
-            f.write(text + '\n')
+        publish('maps_from_mask2former', payload, text)
     return 0
 
 

@@ -24,12 +24,12 @@ import json
 import os
 import os.path as osp
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from benchmarks.runs import ROOT, publish, run, schedule, summary, write_subset
+
 
 BASELINE = 'configs/mask2former/mask2former_r18_synthetic-panoptic.py'
 MAPS = 'configs/maps/maps_r18_synthetic-panoptic_standin-clip.py'
@@ -54,47 +54,6 @@ def parse_args(argv=None):
     parser.add_argument('--publish', action='store_true',
                         help='write benchmarks/results/maps_low_label.{json,md}')
     return parser.parse_args(argv)
-
-
-def run(cmd, log, threads=None):
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    os.makedirs(osp.dirname(log), exist_ok=True)
-    with open(log, 'w') as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode:
-        with open(log) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f'{" ".join(cmd)} failed (exit {proc.returncode}); log {log}:\n'
-                           f'{tail}')
-
-
-def write_subset(src, dst, num_images):
-    """The first ``num_images`` images of a COCO panoptic file (written atomically)."""
-    with open(src) as f:
-        data = json.load(f)
-    if num_images > len(data['images']):
-        raise ValueError(f'{src} has {len(data["images"])} images, asked for {num_images}')
-    keep = {im['id'] for im in data['images'][:num_images]}
-    data['images'] = data['images'][:num_images]
-    data['annotations'] = [a for a in data['annotations'] if a['image_id'] in keep]
-    os.makedirs(osp.dirname(dst), exist_ok=True)
-    with open(dst + '.tmp', 'w') as f:
-        json.dump(data, f)
-    os.replace(dst + '.tmp', dst)
-
-
-def schedule(iters):
-    return [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters + 1}',
-            f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.1.end={iters}',
-            f'param_scheduler.1.milestones=[{iters * 85 // 100}]']
-
-
-def summary(metrics_file):
-    from mmmaps.evaluation.summary import panoptic_summary
-    with open(metrics_file) as f:
-        return panoptic_summary(json.load(f))
 
 
 def train_and_test(args, name, config, subset_ann, memory_root, seed, num):
@@ -208,11 +167,7 @@ def main(argv=None):
     with open(osp.join(args.work_dir, 'results.json'), 'w') as f:
         json.dump(payload, f, indent=2)
     if args.publish:
-        out = osp.join(ROOT, 'benchmarks', 'results', 'maps_low_label')
-        with open(out + '.json', 'w') as f:
-            json.dump(payload, f, indent=2)
-        with open(out + '.md', 'w') as f:
-            f.write(text + '\n')
+        publish('maps_low_label', payload, text)
     return 0
 
 

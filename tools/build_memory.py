@@ -37,8 +37,9 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
 from mmmaps.datasets.validation import DatasetValidationError
-from mmmaps.memory.builder import (MemoryAppender, MemoryBuilder, MemoryBuildError, parse_shard,
-                                   wait_for_chunks)
+from mmmaps.memory.appender import MemoryAppender
+from mmmaps.memory.build_plan import MemoryBuildError
+from mmmaps.memory.builder import MemoryBuilder, parse_shard, wait_for_chunks
 from mmmaps.memory.storage import MANIFEST, MEMORY_FOLDER, MemoryBankError
 from mmmaps.utils.output_dirs import OutputOwnershipError, check_output_dir, output_state
 
@@ -114,6 +115,13 @@ def main(argv=None):
         from mmengine.utils import import_modules_from_strings
         import_modules_from_strings(**cfg.custom_imports)
 
+    if not args.append:
+        from mmmaps.memory.foreign_memory import memory_source_config
+        source = memory_source_config(cfg, args.split or 'train')
+        if source is not cfg:
+            print_log(f'memory.dataset_config: the memory indexes the training split of '
+                      f'{cfg.memory.dataset_config}', logger='current')
+            cfg = source
     shard = parse_shard(args.shard)
     world = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))

@@ -30,6 +30,7 @@ import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noq
 
 import argparse
 import contextlib
+import copy
 import itertools
 import json
 import os
@@ -447,14 +448,17 @@ def models(ctx) -> dict:
         params = sum(p.numel() for p in model.parameters()) / 1e6
         train_batch, val_batches = _batches(cfg, ctx, _num_things(cfg))
         optim_wrapper = _optim_wrapper(model, cfg)
-        # MAPS twice: query keys from the memory's caches (train + val, by image content),
-        # and the CLIP key encoder run on every image
+        # MAPS twice: training keys from the model's augmented input (the default, the
+        # paper: the CLIP key encoder runs on every training crop; val keys of whole
+        # pictures from the cache), and from the whole-image cache in training too
         variants = [('', None)] if family != 'maps' else [
-            (', cached keys', True), (', CLIP on the fly', False)]
-        for suffix, caches in variants:
-            if caches is not None:
-                model.attach_memory(build_external_memory(cfg.memory, device=device,
-                                                          query_caches=caches))
+            (', keys from the model input', 'model_input'),
+            (', full-image cache', 'full_image_cache')]
+        for suffix, key_source in variants:
+            if key_source is not None:
+                memory_cfg = copy.deepcopy(cfg.memory)
+                memory_cfg.retrieval.query_keys = key_source
+                model.attach_memory(build_external_memory(memory_cfg, device=device))
             name = family + suffix
             train_s, infer_s, peak = _measure(model, optim_wrapper, train_batch, val_batches,
                                               sizes, device)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU acceptance run in one call (README "GPU machine"): set-up from the offline wheel
+# The GPU acceptance run in one call (docs/en/get_started.md, "The GPU machine"): set-up from the offline wheel
 # set, then tools/gpu_acceptance.py (report: gpu_acceptance.json + gpu_acceptance.md).
 #
 #   bash tools/gpu_acceptance.sh [--wheels .gpu-wheels] [--out DIR] [--dry-run]

@@ -4,7 +4,7 @@
 #   bash tools/setup_env.sh [--tests] [--deploy] [--optional] [--torch LINE] [--python X.Y]
 #                           [--print-venv]
 #
-#   --torch LINE   the torch line of the support matrix (README "Support matrix"):
+#   --torch LINE   the torch line of the support matrix (docs/en/get_started.md, "Support matrix"):
 #                    2.5  torch 2.5.1,  numpy 1.x, python 3.11 by default  (the CI default)
 #                    2.11 torch 2.11.0, numpy 2.x, python 3.12 by default
 #                  Each line has its requirement file requirements/build[-torchLINE].txt and

@@ -197,10 +197,10 @@ def class_order(dataset: str) -> Optional[List[int]]:
     if dataset == 'coco':
         return None
     if dataset == 'ade20k':  # detectron2: SceneParse150 order; mmmaps: things first
-        from ..datasets.panoptic_conversion import ADE20K_LABEL_IDS
+        from ..datasets.panoptic_conversion.ade20k import ADE20K_LABEL_IDS
         return [i - 1 for i in ADE20K_LABEL_IDS]
     if dataset == 'cityscapes':  # detectron2: trainId order (11 stuff, 8 things)
-        from ..datasets.panoptic_conversion import CITYSCAPES_STUFF, CITYSCAPES_THINGS
+        from ..datasets.panoptic_conversion.cityscapes import CITYSCAPES_STUFF, CITYSCAPES_THINGS
         train_ids = {label: i for i, label in enumerate(
             [c[1] for c in CITYSCAPES_STUFF] + [c[1] for c in CITYSCAPES_THINGS])}
         return [train_ids[c[1]] for c in CITYSCAPES_THINGS + CITYSCAPES_STUFF]

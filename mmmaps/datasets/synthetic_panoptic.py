@@ -65,6 +65,8 @@ _STUFF_TEXTURE = {'sky': 6, 'water': 14, 'sand': 12, 'grass': 18, 'road': 8, 'wa
 # Things sharing a generator and palette are visually ambiguous by design.
 _SHAPE_OF = {'person': 'person', 'car': 'vehicle', 'boat': 'vehicle',
              'ball': 'disc', 'buoy': 'disc', 'dog': 'animal', 'seal': 'animal'}
+# The look-alike pairs: the object alone does not tell them apart, the scene does.
+LOOK_ALIKE_PAIRS = (('car', 'boat'), ('ball', 'buoy'), ('dog', 'seal'))
 _THING_PALETTE = {
     'person': [(200, 60, 60), (60, 60, 200), (230, 200, 60), (40, 40, 40)],
     'vehicle': [(200, 30, 30), (30, 60, 190), (235, 215, 40), (240, 240, 240)],

@@ -214,7 +214,7 @@ def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[in
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if cfg.get('memory') is not None:
-        from ..memory.builder import memory_cfg_of
+        from ..memory.build_plan import memory_cfg_of
         memory_cfg_of(cfg)  # every key of the memory section known (before any work)
     model = build_model_from_config(cfg).eval()
     family = model_family(model)

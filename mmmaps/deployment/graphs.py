@@ -32,6 +32,7 @@ from mmdet.structures import DetDataSample
 from ..memory.encoders import GlobalMemoryEncoder
 from ..models.dense_heads.maps_head import MAPSMask2FormerHead, MemoryInputs
 from ..models.detectors.panoptic_segformer import PanopticSegFormer
+from .errors import DeploymentError
 
 MEMORY_INPUTS = ('scene', 'scene_mask', 'objects', 'object_mask')
 
@@ -70,6 +71,9 @@ class Mask2FormerGraph(nn.Module):
         self.model = model
         head = model.panoptic_head
         self.is_maps = isinstance(head, MAPSMask2FormerHead)
+        if self.is_maps and head.learned_memory is not None:
+            raise DeploymentError('a MAPS head with learned_memory (the capacity control of '
+                                  'benchmarks/maps_evidence.py) is not exported')
         self.reads_scene = self.is_maps and head.reads_scene
         self.reads_objects = self.is_maps and head.reads_objects
         self.aug_cls = self.is_maps and head.reads_scene and head.aug_cls

@@ -32,6 +32,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 
 from ..memory.encoders.base import resize_center_crop
+from ..memory.external_memory import shows_whole_picture
 from ..memory.storage import MemoryBankError
 from ..models.detectors.maps import unnormalized_images
 from ..models.seg_heads.mask_wise_merging_head import MaskWiseMergingFusionHead
@@ -223,7 +224,8 @@ class ONNXRuntimePanopticModel(BaseModel):
         result = self.memory.retrieve(
             unnormalized_images(inputs, samples, self.data_preprocessor),
             [sample.metainfo.get('img_path') for sample in samples], training=False,
-            with_objects=spec['reads_objects'])
+            with_objects=spec['reads_objects'],
+            whole_pictures=[shows_whole_picture(sample.metainfo) for sample in samples])
         for index, sample in enumerate(samples):
             sample.set_metainfo(dict(retrieval=result.select(index).without_values()))
         tensors = dict(scene=result.scene_values, scene_mask=result.scene_mask,

@@ -1,6 +1,6 @@
 """The schema of a config's ``memory`` section: every key is known, or it is an error.
 
-:func:`check_memory_cfg` runs wherever the section is read (:func:`~mmmaps.memory.builder.
+:func:`check_memory_cfg` runs wherever the section is read (:func:`~mmmaps.memory.build_plan.
 memory_cfg_of` for ``tools/build_memory.py`` and the audit, :func:`~mmmaps.memory.
 build_external_memory` for train, test, demo and the retrieval viewer, the ONNX export), so a
 misspelt key (``memory.retreival.k=3``) is refused naming its full path and the known keys,
@@ -23,7 +23,10 @@ MEMORY_KEYS = dict(
     index='FAISS index: type HNSW, Flat or IVFPQ and its settings',
     value_dtype='dtype of the stored values (float16 or float32)',
     build='build options of tools/build_memory.py',
-    retrieval='how a query reads the memory')
+    retrieval='how a query reads the memory',
+    dataset_config='a config whose training split the memory indexes, when it is another '
+    "dataset's (the paper's COCO memory of the ADE20K and Cityscapes models); default: this "
+    "config's own")
 
 # memory.build: what each key means
 BUILD_KEYS = dict(
@@ -37,7 +40,14 @@ RETRIEVAL_KEYS = dict(
     max_objects='cap on object slots, objects of better-ranked images first (default 16 k)',
     random_sampling="k' > k: in training, k images sampled from the top-k' (MAPS-Aug)",
     pad_objects_to_max='always pad the object slots to max_objects (fixed shapes)',
-    allow_eval_overlap='evaluate on images that are in the memory (a leak; off by default)')
+    allow_eval_overlap='evaluate on images that are in the memory (a leak; off by default)',
+    query_keys="where query keys come from: 'model_input' (default, the paper: the key "
+    "encoder on the image the model sees) or 'full_image_cache' (the whole file's cached key, "
+    'in training too)',
+    wrong_memory_prob="in training, probability that an image is given another training "
+    "image's retrieval (robustness to a wrong memory; 0 by default)",
+    wrong_memory_at_test='apply wrong_memory_prob at evaluation too (the shuffled-memory '
+    'control)')
 
 # memory.index: the settings of each index type (mmmaps.memory.faiss_index builds them)
 INDEX_KEYS = dict(

@@ -14,8 +14,18 @@ file name or annotation file:
 - evaluation: nothing is excluded (val image 7 may retrieve train image 7), and
   :meth:`ExternalMemory.check_evaluation` refuses a dataset whose images are in the memory.
 
-Query keys come from the memory's query caches when they hold the image (by content), else
-the key encoder runs on the image the model sees; :class:`RetrievalResult` says which.
+Query keys (``memory.retrieval.query_keys``):
+
+- ``'model_input'`` (default, the paper: CLIP encodes the input "during the forward pass"):
+  the key encoder runs on the image the model sees, the augmented crop in training. A query
+  cache (keys of whole image files, by content) serves an image only at evaluation and only
+  when the image is its file's whole picture, unflipped and only resized
+  (``whole_pictures``), i.e. provably the same input up to resampling.
+- ``'full_image_cache'``: the caches serve every image whose file they hold, in training
+  too, so training keys (and Aug-CLS) describe the whole file rather than the crop the model
+  sees; cheaper (no key encoder in the training step), not the paper's behaviour.
+
+:class:`RetrievalResult` says which keys came from a cache.
 """
 import os.path as osp
 from typing import List, Optional, Sequence, Tuple
@@ -32,7 +42,27 @@ from .query_cache import QueryEmbeddingCache
 from .retriever import MemoryRetriever, RetrievalResult
 from .storage import MemoryBankError
 
-__all__ = ['ExternalMemory', 'build_external_memory', 'RETRIEVAL_KEYS']
+__all__ = ['ExternalMemory', 'build_external_memory', 'shows_whole_picture', 'RETRIEVAL_KEYS',
+           'QUERY_KEY_SOURCES']
+
+QUERY_KEY_SOURCES = ('model_input', 'full_image_cache')
+
+
+def shows_whole_picture(metainfo: dict) -> bool:
+    """Whether a sample's image is its file's whole picture, unflipped and only resized,
+    from mmdet's metainfo: no ``flip``, and ``img_shape`` equals ``ori_shape`` times
+    ``scale_factor`` (w, h) to the pixel (a crop would be smaller), or equals ``ori_shape``
+    when nothing resized it (no ``scale_factor``). False when a shape is missing: it cannot
+    be shown."""
+    if metainfo.get('flip'):
+        return False
+    ori, shape, scale = (metainfo.get(k) for k in ('ori_shape', 'img_shape', 'scale_factor'))
+    if ori is None or shape is None:
+        return False
+    if scale is None:
+        return tuple(shape[:2]) == tuple(ori[:2])
+    expected = (ori[0] * scale[1], ori[1] * scale[0])
+    return all(abs(int(a) - b) <= 1 for a, b in zip(shape[:2], expected))
 
 class ExternalMemory:
     """Everything MAPS reads from its memory, and the only owner of how it is read.
@@ -55,13 +85,30 @@ class ExternalMemory:
         seed (int): Seed of the k' sampling; each rank draws from ``(seed, rank)``.
         rank (int): This process's rank.
         identities (ImageIdentities, optional): Content identities of image files.
+        query_keys (str): Where query keys come from: ``'model_input'`` (default) or
+            ``'full_image_cache'`` (module docstring).
+        wrong_memory_prob (float): In training, the probability that an image is given
+            another training image's retrieval: the search runs with the key of a random
+            scene-bank entry that does not hold the image's picture (the image's own key
+            stays its Aug-CLS). Teaches the queries to weigh the memory rather than copy it.
+        wrong_memory_at_test (bool): Also at evaluation (the shuffled-memory control; each
+            image's substitute is drawn from ``(seed, its content identity)``, so it does
+            not depend on batch order).
     """
 
     def __init__(self, root: MemoryRoot, key_encoder: BaseMemoryEncoder, k: int = 5,
                  max_objects: Optional[int] = None, random_sampling: Optional[int] = None,
                  pad_objects_to_max: bool = False, allow_eval_overlap: bool = False,
                  eval_caches: Sequence[QueryEmbeddingCache] = (), seed: int = 0, rank: int = 0,
-                 identities: Optional[ImageIdentities] = None):
+                 identities: Optional[ImageIdentities] = None,
+                 query_keys: str = 'model_input', wrong_memory_prob: float = 0.0,
+                 wrong_memory_at_test: bool = False):
+        if not 0.0 <= wrong_memory_prob <= 1.0:
+            raise MemoryConfigError('memory.retrieval.wrong_memory_prob must be in [0, 1], '
+                                    f'got {wrong_memory_prob}')
+        if query_keys not in QUERY_KEY_SOURCES:
+            raise MemoryConfigError(f'memory.retrieval.query_keys must be one of '
+                                    f'{QUERY_KEY_SOURCES}, got {query_keys!r}')
         if root.scene_bank is None:
             raise MemoryBankError(f'{root.root} holds only a query-embedding cache, no memory '
                                   'banks; build the banks with tools/build_memory.py CONFIG')
@@ -74,6 +121,9 @@ class ExternalMemory:
         self.key_encoder = key_encoder
         self.k = int(k)
         self.random_sampling = random_sampling
+        self.query_key_source = query_keys
+        self.wrong_memory_prob = float(wrong_memory_prob)
+        self.wrong_memory_at_test = bool(wrong_memory_at_test)
         self.allow_eval_overlap = allow_eval_overlap
         self.retriever = MemoryRetriever(root.scene_bank, root.object_bank,
                                          max_objects=16 * self.k if max_objects is None else
@@ -145,15 +195,32 @@ class ExternalMemory:
                 'memory.retrieval.allow_eval_overlap=True if this is intended.')
 
     # ------------------------------------------------------------------ retrieval
-    def query_keys(self, images: Sequence[Tensor],
-                   identities: Sequence[Optional[bytes]]) -> Tuple[Tensor, Tensor]:
-        """(B, D) keys and (B,) bool 'from a cache': cached where a cache holds the image's
-        content, encoded from ``images`` (RGB (3, h, w), 0-255) otherwise."""
+    def cache_may_serve(self, training: bool,
+                        whole_pictures: Optional[Sequence[bool]], num: int) -> List[bool]:
+        """Per image, whether a query cache may give its key (the module docstring's
+        policy): always with ``'full_image_cache'``; with ``'model_input'`` only at
+        evaluation, for an image that is its file's whole picture."""
+        if self.query_key_source == 'full_image_cache':
+            return [True] * num
+        if training or whole_pictures is None:
+            return [False] * num
+        if len(whole_pictures) != num:
+            raise ValueError(f'whole_pictures has {len(whole_pictures)} entries for {num} '
+                             'images')
+        return [bool(w) for w in whole_pictures]
+
+    def query_keys(self, images: Sequence[Tensor], identities: Sequence[Optional[bytes]],
+                   cacheable: Optional[Sequence[bool]] = None) -> Tuple[Tensor, Tensor]:
+        """(B, D) keys and (B,) bool 'from a cache': cached where ``cacheable`` (default:
+        every image) and a cache holds the image's content, encoded from ``images`` (RGB
+        (3, h, w), 0-255) otherwise."""
         device = images[0].device if len(images) else torch.device('cpu')
         keys = torch.zeros(len(images), self.root.scene_bank.key_dim, device=device)
         found = torch.zeros(len(images), dtype=torch.bool)
+        if cacheable is None:
+            cacheable = [True] * len(images)
         for cache in self.caches:
-            todo = [b for b in range(len(images)) if not found[b]]
+            todo = [b for b in range(len(images)) if cacheable[b] and not found[b]]
             if not todo:
                 break
             cached, hit = cache.lookup([identities[b] for b in todo], device=device)
@@ -168,8 +235,33 @@ class ExternalMemory:
             keys[missing] = self.key_encoder([images[b] for b in missing]).to(keys)
         return keys, found
 
+    def wrong_memory_keys(self, keys: Tensor, identities: Sequence[Optional[bytes]],
+                          training: bool) -> Tensor:
+        """The search keys under ``wrong_memory_prob``: for each image drawn, the key of a
+        random scene-bank entry that is not its picture; ``keys`` where none is drawn."""
+        prob = self.wrong_memory_prob if (training or self.wrong_memory_at_test) else 0.0
+        if prob <= 0:
+            return keys
+        bank = self.root.scene_bank
+        out = keys.clone()
+        for b, identity in enumerate(identities):
+            rng = self.rng if training else np.random.default_rng(
+                [self.seed, int.from_bytes((identity or b'\0')[:8], 'big')])
+            if rng.random() >= prob:
+                continue
+            own = set(bank.rows_of_identity(identity)) if identity else set()
+            if len(own) >= bank.num_entries:
+                raise MemoryBankError(f'the memory {self.root.root} holds only this image; '
+                                      'wrong_memory_prob needs other entries')
+            row = int(rng.integers(bank.num_entries))
+            while row in own:
+                row = int(rng.integers(bank.num_entries))
+            out[b] = torch.from_numpy(np.asarray(bank.keys[row], dtype=np.float32)).to(out)
+        return out
+
     def retrieve(self, images: Sequence[Tensor], img_paths: Sequence[Optional[str]],
-                 training: bool, with_objects: bool = True) -> RetrievalResult:
+                 training: bool, with_objects: bool = True,
+                 whole_pictures: Optional[Sequence[bool]] = None) -> RetrievalResult:
         """Retrieve the memory of a batch.
 
         Args:
@@ -179,6 +271,9 @@ class ExternalMemory:
             training: Apply the training policy (exclude the query's own picture, k'
                 sampling); at evaluation nothing is excluded.
             with_objects: Also gather the object memory.
+            whole_pictures: Per image, whether it is its file's whole picture, unflipped
+                and only resized (:func:`shows_whole_picture`); None: not known. Decides
+                where an evaluation key may come from a query cache.
         """
         if training and any(p is None for p in img_paths):
             raise ValueError('a training image without img_path in its metainfo: the memory '
@@ -186,9 +281,11 @@ class ExternalMemory:
                              'cannot run. Keep img_path in the pipeline\'s PackDetInputs '
                              'meta_keys.')
         identities = [self.identity_of(p) for p in img_paths]
-        keys, from_cache = self.query_keys(images, identities)
+        keys, from_cache = self.query_keys(
+            images, identities, self.cache_may_serve(training, whole_pictures, len(images)))
         result = self.retriever.query(
-            keys, self.k, exclude=identities if training else None,
+            self.wrong_memory_keys(keys, identities, training), self.k,
+            exclude=identities if training else None,
             sample_from=self.random_sampling if training else None, rng=self.rng,
             with_objects=with_objects)
         result.query_keys = keys
@@ -214,8 +311,11 @@ class ExternalMemory:
         caches = ', '.join(f'{osp.basename(c.path.rstrip("/"))} ({len(c)})' for c in self.caches)
         return (f'{self.root.summary()}\n  retrieval: k={self.k}, max_objects='
                 f'{self.retriever.max_objects}, random_sampling={self.random_sampling} '
-                f'(seed {self.seed}, rank {self.rank}); query caches by content: '
-                f'{caches or "none"}; leak guard: training queries never retrieve their own '
+                f'(seed {self.seed}, rank {self.rank}); query keys: {self.query_key_source}; '
+                f'wrong memory: p={self.wrong_memory_prob}'
+                f'{" (also at test)" if self.wrong_memory_at_test else ""}; '
+                f'query caches by content: {caches or "none"}; leak guard: training '
+                'queries never retrieve their own '
                 'picture (by file content), evaluation excludes nothing')
 
 
@@ -279,4 +379,8 @@ def build_external_memory(memory_cfg: dict, root: Optional[str] = None, device=N
                           random_sampling=retrieval.get('random_sampling'),
                           pad_objects_to_max=bool(retrieval.get('pad_objects_to_max', False)),
                           allow_eval_overlap=bool(retrieval.get('allow_eval_overlap', False)),
-                          eval_caches=eval_caches, seed=seed, rank=rank)
+                          eval_caches=eval_caches, seed=seed, rank=rank,
+                          query_keys=retrieval.get('query_keys', 'model_input'),
+                          wrong_memory_prob=float(retrieval.get('wrong_memory_prob', 0.0)),
+                          wrong_memory_at_test=bool(retrieval.get('wrong_memory_at_test',
+                                                                  False)))

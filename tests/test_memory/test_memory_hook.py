@@ -195,7 +195,11 @@ def test_hook_attaches_the_memory_of_the_config(cfg, synthetic_memory, train_dat
     images = [load_rgb(p) for p in paths]
     guarded = memory.retrieve(images, paths, training=True)
     unguarded = memory.retrieve(images, paths, training=False)
-    assert guarded.keys_from_cache.all()  # the memory's query cache serves them
+    # training keys: the key encoder on the images (memory.retrieval.query_keys='model_input');
+    # at evaluation the memory's query cache serves the whole pictures it holds
+    assert not guarded.keys_from_cache.any()
+    assert memory.retrieve(images, paths, training=False, with_objects=False,
+                           whole_pictures=[True] * len(paths)).keys_from_cache.all()
     assert guarded.object_values.shape[-1] == root.object_bank.value_dim
     for b, path in enumerate(paths):
         (own, ) = rows_holding(root.scene_bank, path)
@@ -342,8 +346,12 @@ def test_leak_guard_holds_for_other_datasets_of_the_train_images(
     images = [load_rgb(p) for p in paths]
     guarded = memory.retrieve(images, paths, training=True)
     unguarded = memory.retrieve(images, paths, training=False)
-    # the query cache serves keys by content, whatever the ids of this annotation file
-    assert guarded.keys_from_cache.tolist() == expected
+    # the query cache serves keys by content, whatever the ids of this annotation file (at
+    # evaluation, whole pictures; training keys come from the key encoder)
+    assert not guarded.keys_from_cache.any()
+    served = memory.retrieve(images, paths, training=False, with_objects=False,
+                             whole_pictures=[True] * len(paths))
+    assert served.keys_from_cache.tolist() == expected
     assert memory.self_retrievals(guarded, paths) == [False] * len(paths)
     assert memory.self_retrievals(unguarded, paths) == expected  # the guard made it
     for b, path in enumerate(paths):

@@ -23,8 +23,9 @@ from mmdet.registry import HOOKS
 
 from mmmaps.memory.checkpoint_meta import check_checkpoint_memory
 from mmmaps.memory import MemoryBank, MemoryBankError, MemoryRoot, build_external_memory
-from mmmaps.memory import builder as builder_module
-from mmmaps.memory.builder import MemoryAppender, MemoryBuildError, plan_differences
+from mmmaps.memory import appender as appender_module
+from mmmaps.memory.appender import MemoryAppender
+from mmmaps.memory.build_plan import MemoryBuildError, plan_differences
 from mmmaps.memory.memory_root import read_root_manifest
 from mmmaps.memory.storage import sha256_file
 from mmmaps.utils.checkpoint_loading import safe_torch_load
@@ -92,13 +93,13 @@ def append_in_process(synthetic_root, parent, ann, img_prefix, seg_prefix, out):
     cfg = load_config_with_root(MEMORY_CFG, synthetic_root, {'memory.build.num_workers': 0,
                                                              'memory.build.chunk_size': 4})
     logged = []
-    original = builder_module.print_log
+    original = appender_module.print_log
 
     def record(msg, *args, **kwargs):
         logged.append((msg, kwargs.get('level', logging.INFO)))
         return original(msg, *args, **kwargs)
 
-    with mock.patch.object(builder_module, 'print_log', record):
+    with mock.patch.object(appender_module, 'print_log', record):
         appender = MemoryAppender(cfg, parent, ann, img_prefix, seg_prefix, out=out,
                                   device='cpu')
         appender.prepare(resume=False, force=False)
@@ -211,7 +212,7 @@ def test_appended_images_retrieve_themselves(synthetic_root, appended_memory, ne
                                    device='cpu')
     ids, paths = new_image_paths(new_images)
     images = [load_rgb(p) for p in paths]
-    result = memory.retrieve(images, paths, training=False)
+    result = memory.retrieve(images, paths, training=False, whole_pictures=[True] * len(paths))
     assert result.keys_from_cache.all()  # the new images' keys are in the new query cache
     assert result.image_ids[:, 0].tolist() == ids
     np.testing.assert_allclose(result.scores[:, 0].numpy(), 1, atol=1e-5)
@@ -461,7 +462,7 @@ def test_training_statistics_are_exact(synthetic_root, synthetic_memory):
     assert stats['scene_sim'] == pytest.approx(top_sims[:, 0].mean(), abs=1e-5)
     assert stats['scene_sim_k'] == pytest.approx(top_sims.mean(), abs=1e-5)
     assert stats['object_slots'] == pytest.approx(np.mean(slots) / 40, abs=1e-6)
-    assert stats['key_cache_hits'] == 1.0
+    assert stats['key_cache_hits'] == 0.0  # training keys: the key encoder on the images
     assert stats['scene_sim'] < 0.9999  # self-similarity (1.0) excluded
     scene_only = memory.retrieve(images, paths, training=True, with_objects=False)
     assert set(scene_only.statistics(40)) == {'scene_sim', 'scene_sim_k', 'key_cache_hits'}
@@ -503,12 +504,15 @@ def test_test_tool_memory_needs_a_maps_config_and_a_memory(synthetic_root, tmp_p
 # ---------------------------------------------------------------------------- end to end
 @pytest.fixture(scope='module')
 def trained_maps(synthetic_root, synthetic_memory, tmp_path_factory):
-    """Tiny MAPS trained 2 iterations through tools/train.py with the session memory."""
+    """Tiny MAPS trained 2 iterations through tools/train.py with the session memory; its
+    training keys come from the whole-file cache (query_keys='full_image_cache'), so each is
+    its image's bank key (what the leak-guard bound below needs)."""
     work = str(tmp_path_factory.mktemp('maps_swap') / 'train')
     proc = run_tool(['tools/train.py', TINY_MAPS, '--work-dir', work, '--cfg-options',
                      'train_cfg.max_iters=2', 'train_cfg.val_interval=100',
                      'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1',
-                     'train_dataloader.batch_size=2', f'memory.root={synthetic_memory}']
+                     'train_dataloader.batch_size=2', f'memory.root={synthetic_memory}',
+                     "memory.retrieval.query_keys='full_image_cache'"]
                     + LOADERS, synthetic_root)
     return dict(work=work, ckpt=osp.join(work, 'iter_2.pth'), log=proc.stdout + proc.stderr)
 
@@ -530,7 +534,8 @@ def test_retrieval_statistics_are_logged_in_training(synthetic_root, synthetic_m
     assert [r['step'] for r in logged] == [1, 2]
 
     # The leak guard in training: no training image retrieves itself. Every training key
-    # comes from the query cache (by content, whatever the augmentation), so it *is* the
+    # comes from the query cache (full_image_cache: by content, whatever the augmentation),
+    # so it *is* the
     # image's bank key and retrieving itself would score exactly 1. Each logged value is a
     # mean (over a batch, over the log window) of per-image rank-1 similarities, so it lies
     # between the smallest and the largest similarity of a training image to its most

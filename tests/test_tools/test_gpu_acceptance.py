@@ -31,20 +31,20 @@ def test_gpu_acceptance_dry_run(tmp_path):
     assert bf16 and 'error' not in bf16[0]
     assert float(bf16[0]['output rel']) < 0.05
     models = {r['model']: r for r in sections['models']['result']['rows']}
-    assert set(models) == {'mask2former', 'maps, cached keys', 'maps, CLIP on the fly',
-                           'panoptic_segformer'}
+    assert set(models) == {'mask2former', 'maps, keys from the model input',
+                           'maps, full-image cache', 'panoptic_segformer'}
     for row in models.values():
         times = [v for k, v in row.items() if k.startswith(('train step', 'inference'))]
         assert len(times) == 2 and all(t > 0 for t in times), row
     assert set(sections['models']['result']['ratios']) == {
-        'maps, cached keys / Mask2Former', 'maps, CLIP on the fly / Mask2Former'}
+        'maps, keys from the model input / Mask2Former', 'maps, full-image cache / Mask2Former'}
     assert sections['memory_build']['result']['images_per_second'] > 0
     # HNSW against exact top-5 by matrix product: clustered 2k keys are easy for HNSW
     hnsw = sections['retrieval']['result']['rows'][0]
     assert hnsw['index'].startswith('HNSW') and hnsw['recall@5'] >= 0.95
     assert 'no faiss-gpu row' in sections['retrieval']['result']['faiss_gpu']
     markdown = (out / 'gpu_acceptance.md').read_text()
-    assert '## models: ok' in markdown and '| maps, CLIP on the fly |' in markdown
+    assert '## models: ok' in markdown and '| maps, keys from the model input |' in markdown
 
 
 def test_setup_env_knows_its_torch_lines(tmp_path):

@@ -72,3 +72,22 @@ def test_peaked_attention_has_zero_entropy():
     row = probe.summary()[name]
     assert row['max_weight'] == pytest.approx(1.0, abs=1e-6)
     assert row['entropy'] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_value_spread_is_of_centred_values_without_the_bias():
+    """Two items either side of the bank mean, through an identity W_V with a large bias:
+    their centred values are opposite (cosine -1), whatever the bias (cosine of the raw
+    f_V outputs: near +1)."""
+    layer = Layer()
+    with torch.no_grad():
+        layer.memory_attn.v_proj.weight.copy_(torch.eye(4, 3))
+        layer.memory_attn.v_proj.bias.fill_(50.0)
+    mean = torch.tensor([5.0, -2.0, 1.0])
+    probe = memory_usage.UsageProbe(nn.Sequential(layer), centre_of=lambda name: mean)
+    offset = torch.tensor([0.3, 0.1, -0.2])
+    memory = torch.stack([mean + offset, mean - offset])[None]
+    with torch.no_grad():
+        raw = layer.memory_attn.v_proj(memory)[0]
+        layer.memory_attn(torch.randn(1, 2, 4), memory)
+    assert torch.nn.functional.cosine_similarity(raw[0], raw[1], dim=0) > 0.99
+    assert probe.summary()['0.memory_attn']['value_spread'] == pytest.approx(-1.0, abs=1e-5)

@@ -10,6 +10,9 @@ then sends every distinct image of the split through the model's own retrieval p
 (``ExternalMemory.retrieve``: training policy for ``train``, evaluation policy otherwise) and
 prints one JSON object:
 
+- ``memory_indexes`` / ``memory_dataset_config``: the annotation file the memory was built
+  from and, for a memory of another dataset, the config naming it (``memory.dataset_config``);
+  ``query_keys``: where query keys come from (``memory.retrieval.query_keys``);
 - ``images``: distinct images of the split;
 - ``in_memory``: how many of them the memory holds (by the sha256 of the image file, so a
   re-saved, subset, renumbered or appended copy counts);
@@ -64,7 +67,7 @@ def audit(cfg, split: str, bank=None, batch: int = 16, device=None) -> dict:
 
     from mmmaps.engine.hooks.memory_hook import dataset_image_paths
     from mmmaps.memory import build_external_memory
-    from mmmaps.memory.builder import memory_cfg_of
+    from mmmaps.memory.build_plan import memory_cfg_of
     from mmmaps.memory.retriever import NEAR_DUPLICATE_SIMILARITY
 
     register_all_modules()  # the dataset's pipeline names mmdet transforms
@@ -89,7 +92,8 @@ def audit(cfg, split: str, bank=None, batch: int = 16, device=None) -> dict:
                 raise FileNotFoundError(f'cannot read image {path}')
             images.append(torch.from_numpy(image.transpose(2, 0, 1).copy()).float().to(device))
         with torch.no_grad():
-            result = memory.retrieve(images, chunk, training=training, with_objects=False)
+            result = memory.retrieve(images, chunk, training=training, with_objects=False,
+                                     whole_pictures=[True] * len(chunk))
         hits += int(result.keys_from_cache.sum())
         self_hits += [p for p, own in zip(chunk, memory.self_retrievals(result, chunk)) if own]
         flags = result.near_duplicates(NEAR_DUPLICATE_SIMILARITY)
@@ -102,6 +106,9 @@ def audit(cfg, split: str, bank=None, batch: int = 16, device=None) -> dict:
                                  similarity=round(float(result.scores[b, slots[0]]), 6)))
     report = dict(
         config=cfg.filename, split=split, memory=memory.root.root,
+        memory_indexes=memory.root.source.get('ann_file'),
+        memory_dataset_config=memory_cfg_of(cfg).get('dataset_config'),
+        query_keys=memory.query_key_source,
         policy='training (own picture excluded)' if training else
         'evaluation (nothing excluded)',
         images=len(paths), in_memory=int(sum(inside)), self_retrievals=len(self_hits),

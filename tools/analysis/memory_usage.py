@@ -10,8 +10,10 @@ and reports, for every decoder layer with a memory attention (Eq. 1):
 - ``update_ratio``: their ratio (0 = the layer ignores its memory);
 - ``max_weight`` / ``entropy``: mean largest attention weight and mean entropy (nats) over
   the non-padded slots, next to the entropy of uniform attention over the same slots;
-- ``value_spread``: mean cosine between f_V of two different retrieved items of a query
-  (near 1 = every item hands the query the same vector).
+- ``value_spread``: mean cosine between the centred values of two different retrieved items
+  of a query, W_V (m_i - mean) and W_V (m_j - mean), where mean is the mean value of the
+  memory bank the layer reads: without the bias and the component every item shares, near 1
+  means every item hands the query the same vector, near 0 unrelated vectors.
 
 When the annotation files carry a ``scene`` per image (the synthetic generator's), it also
 reports how often a retrieved scene has the query's scene type. Writes
@@ -53,13 +55,50 @@ def ann_scenes(cfg, split):
     return {int(im['id']): im['scene'] for im in images}
 
 
-class UsageProbe:
-    """Forward hooks on the MemoryCrossAttention modules and the MAPS head."""
+def bank_value_mean(bank, chunk: int = 65536):
+    """(C,) float32 mean of a memory bank's values, read in chunks (memory-mapped banks)."""
+    import numpy as np
+    import torch
+    total = np.zeros(bank.values.shape[1], dtype=np.float64)
+    for start in range(0, len(bank.values), chunk):
+        total += np.asarray(bank.values[start:start + chunk], dtype=np.float64).sum(0)
+    return torch.from_numpy(total / max(len(bank.values), 1)).float()
 
-    def __init__(self, model):
+
+def memory_value_means(model):
+    """``centre_of`` for :class:`UsageProbe` on a MAPS model: each memory layer's centre is
+    the mean value of the bank it reads (computed once per bank, when first needed; the
+    memory is attached when the run starts)."""
+    head = model.panoptic_head
+    means = {}
+
+    def centre_of(layer_name):
+        index = int(layer_name.split('.layers.')[1].split('.')[0])
+        source = head.layer_sources[index]
+        if source not in means:
+            if head.learned_memory is not None:
+                return head.learned_memory[source].detach().mean(0)
+            root = model.memory.root
+            means[source] = bank_value_mean(root.scene_bank if source == 'scene'
+                                            else root.object_bank)
+        return means[source]
+    return centre_of
+
+
+class UsageProbe:
+    """Forward hooks on the MemoryCrossAttention modules and the MAPS head.
+
+    Args:
+        model: The model to probe.
+        centre_of (callable, optional): layer name -> (C_m,) the value mean subtracted
+            before the value cosine (:func:`memory_value_means`); None: no centring.
+    """
+
+    def __init__(self, model, centre_of=None):
         import torch
         from mmmaps.models.layers.memory_attention import MemoryCrossAttention
         self.torch = torch
+        self.centre_of = centre_of
         self.stats = defaultdict(lambda: defaultdict(float))
         self.retrievals = []
         self.handles = []
@@ -86,7 +125,8 @@ class UsageProbe:
             b, n, _ = query.shape
             q = module.q_proj(query).view(b, n, heads, dims).transpose(1, 2)
             k = module.k_proj(memory).view(b, -1, heads, dims).transpose(1, 2)
-            v = module.v_proj(memory)
+            centre = self.centre_of(name) if self.centre_of else memory.new_zeros(())
+            v = (memory - centre.to(memory)) @ module.v_proj.weight.t()  # centred, no bias
             logits = (q @ k.transpose(-2, -1) / math.sqrt(dims))
             logits = logits.masked_fill(mask[:, None, None], float('-inf'))
             weights = logits.softmax(-1)
@@ -127,7 +167,7 @@ def main(argv=None):
     cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, 'none')
     cfg.load_from = args.checkpoint
     runner = Runner.from_cfg(cfg)
-    probe = UsageProbe(runner.model)
+    probe = UsageProbe(runner.model, memory_value_means(runner.model))
     if not probe.handles:
         raise ValueError(f'{args.config} builds no MAPS memory attention to probe')
     metrics = runner.test()

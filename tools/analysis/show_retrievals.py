@@ -102,7 +102,7 @@ class Viewer:
 
         from mmmaps.apis import BankImages, SourceSegments
         from mmmaps.memory import build_external_memory
-        from mmmaps.memory.builder import memory_cfg_of
+        from mmmaps.memory.build_plan import memory_cfg_of
         from mmmaps.memory.dataset_records import load_panoptic_records
         from mmmaps.memory.encoders import build_memory_encoder
         from mmmaps.memory.memory_root import ENCODER_IDENTITY
@@ -172,7 +172,7 @@ class Viewer:
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
         return self.memory.retrieve([tensor.to(self.device)], [record['img_path']],
                                     training=self.training_policy,
-                                    with_objects=self.args.objects)
+                                    with_objects=self.args.objects, whole_pictures=[True])
 
     def bank_image(self, image_id: int) -> np.ndarray:
         if image_id not in self._bank_image_cache:

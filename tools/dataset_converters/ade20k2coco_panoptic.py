@@ -14,14 +14,14 @@ G channel: instance id), and writes into ROOT (or ``--out``)::
     ade20k_instance_{train,val}.json        COCO instances of the 100 thing classes (RLE), for AP
 
 which ``configs/_base_/datasets/ade20k_panoptic.py`` reads. Formats and assumptions are
-documented in ``mmmaps/datasets/panoptic_conversion.py`` and ``data/README.md``.
+documented in ``mmmaps/datasets/panoptic_conversion/ade20k.py`` and ``data/README.md``.
 """
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
 
 import argparse
 import sys
 
-from mmmaps.datasets.panoptic_conversion import ADE20K_SPLITS, convert_ade20k
+from mmmaps.datasets.panoptic_conversion.ade20k import ADE20K_SPLITS, convert_ade20k
 
 
 def parse_args(argv=None):

@@ -17,7 +17,7 @@ Reads ``gtFine/{train,val}/<city>/*_gtFine_instanceIds.png`` (value < 1000: labe
 
 which ``configs/_base_/datasets/cityscapes_panoptic.py`` reads. The conversion follows
 cityscapesscripts' ``createPanopticImgs`` (segment ids, crowd groups) without needing
-cityscapesscripts; see ``mmmaps/datasets/panoptic_conversion.py`` and ``data/README.md``.
+cityscapesscripts; see ``mmmaps/datasets/panoptic_conversion/cityscapes.py`` and ``data/README.md``.
 """
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../../..'))  # noqa (this checkout first)
 
@@ -25,7 +25,7 @@ import argparse
 import os.path as osp
 import sys
 
-from mmmaps.datasets.panoptic_conversion import CITYSCAPES_SPLITS, convert_cityscapes
+from mmmaps.datasets.panoptic_conversion.cityscapes import CITYSCAPES_SPLITS, convert_cityscapes
 
 
 def parse_args(argv=None):

@@ -2,5 +2,5 @@
 # ../../_base_/memory/clip-cls.py); no object bank, so layers 3-5 are plain as well.
 _base_ = '../maps_r50_8xb2-lsj-160k_ade20k-panoptic.py'
 
-memory = dict(root='work_dirs/memory/ade20k_train_clip-cls', dense_encoder=None)
+memory = dict(root='work_dirs/memory/coco_train_clip-cls', dense_encoder=None)
 model = dict(panoptic_head=dict(object_layers=()))

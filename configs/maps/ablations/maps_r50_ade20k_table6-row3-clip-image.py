@@ -2,6 +2,6 @@
 # from one 224x224 CLIP ViT-B/16 pass (14x14 grid, 512-d; ../../_base_/memory/clip-cls_clip-image.py).
 _base_ = '../maps_r50_8xb2-lsj-160k_ade20k-panoptic.py'
 
-memory = dict(root='work_dirs/memory/ade20k_train_clip-image',
+memory = dict(root='work_dirs/memory/coco_train_clip-image',
               dense_encoder=dict(_delete_=True, type='CLIPImageDenseEncoder', arch='ViT-B-16',
                                  pretrained={{_base_.clip_checkpoint}}, image_size=224))

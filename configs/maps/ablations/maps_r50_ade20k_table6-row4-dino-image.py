@@ -3,7 +3,7 @@
 _base_ = '../maps_r50_8xb2-lsj-160k_ade20k-panoptic.py'
 
 dino_checkpoint = 'checkpoints/dino/dino_vitbase16_pretrain.pth'
-memory = dict(root='work_dirs/memory/ade20k_train_dino-image',
+memory = dict(root='work_dirs/memory/coco_train_dino-image',
               dense_encoder=dict(_delete_=True, type='DINODenseEncoder',
                                  pretrained=dino_checkpoint, image_size=224))
 model = dict(panoptic_head=dict(object_memory_dims=768))

@@ -113,8 +113,9 @@ class MemoryHook(Hook):
         inside = sum(self.memory.in_memory(paths))
         runner.logger.info(
             f'leak guard: {inside} of the {len(paths)} training images are in the memory '
-            f'{self.memory.root.root} (compared by file content); in training a query never '
-            'retrieves its own picture')
+            f'{self.memory.root.root} (of {self.memory.root.source.get("ann_file")}; compared '
+            'by file content); in training a query never retrieves its own picture; query '
+            f'keys: {self.memory.query_key_source}')
 
     def _check_eval(self, runner, split: str) -> None:
         loader = getattr(runner, f'{split}_dataloader')

@@ -13,6 +13,8 @@ from mmdet.structures import SampleList
 from ...memory.retriever import RetrievalResult
 from ..layers import MAPSTransformerDecoder
 
+INPUT_MASKING_MODES = ('item', 'memory')
+
 
 @dataclass
 class MemoryInputs:
@@ -62,12 +64,21 @@ class MAPSMask2FormerHead(Mask2FormerHead):
         use_object_memory (bool): Forward-pass switch (Table 7).
         swap_memory (bool): Scene layers read the object memory and vice versa
             (Table 5 "Swapped").
-        input_masking (float): Probability of masking each retrieved item, drawn
-            once per forward pass and shared by all layers (Table 5).
+        input_masking (float): Masking probability of the memory, drawn once per forward
+            pass and shared by all layers (Table 5 "input masking"; training only).
+        input_masking_mode (str): What ``input_masking`` masks: ``'item'`` (default) each
+            retrieved item (scene entry, object) independently; ``'memory'`` the whole
+            memory of an image (all its scene and object items together), so the model
+            also learns to work with no memory at all. The paper's "randomly masked once at
+            the beginning of the forward pass" reads either way.
         layer_masking (float): Same, drawn independently for every layer (Table 5).
         aug_cls (bool): Append the image's own CLS embedding to the scene memory
             ("MAPS-Aug-CLS").
         augment_at_test (bool): Keep masking at test time (off by default).
+        learned_memory (tuple[int, int], optional): ``(K_s, K_o)``: the memory layers
+            attend to K_s / K_o learned tokens (C_s / C_o wide, the same for every image)
+            instead of a retrieval: the same attention parameters and no retrieval, the
+            capacity control of an experiment on what the memory adds.
         extra_self_attn_layers (Sequence[int]): Layers with an extra Eq.-1-style
             attention over the queries themselves, no memory (Table 4
             "Mask2Former (6)/(9)").
@@ -85,8 +96,10 @@ class MAPSMask2FormerHead(Mask2FormerHead):
                  object_memory_dims: int = 512, memory_num_heads: int = 1,
                  use_scene_memory: bool = True, use_object_memory: bool = True,
                  swap_memory: bool = False, input_masking: float = 0.0,
-                 layer_masking: float = 0.0, aug_cls: bool = False,
-                 augment_at_test: bool = False, extra_self_attn_layers: Sequence[int] = (),
+                 input_masking_mode: str = 'item', layer_masking: float = 0.0,
+                 aug_cls: bool = False,
+                 augment_at_test: bool = False, learned_memory: Optional[Sequence[int]] = None,
+                 extra_self_attn_layers: Sequence[int] = (),
                  memory_init: str = 'xavier', transformer_decoder=None, **kwargs):
         super().__init__(*args, transformer_decoder=transformer_decoder, **kwargs)
         if memory_init not in ('xavier', 'identity'):
@@ -103,6 +116,9 @@ class MAPSMask2FormerHead(Mask2FormerHead):
         if len(set(taken)) != len(taken):
             raise ValueError('scene_layers, object_layers and extra_self_attn_layers overlap: '
                              f'{scene_layers}, {object_layers}, {list(extra_self_attn_layers)}')
+        if input_masking_mode not in INPUT_MASKING_MODES:
+            raise ValueError(f'input_masking_mode must be one of {INPUT_MASKING_MODES}, got '
+                             f'{input_masking_mode!r}')
         for name, p in (('input_masking', input_masking), ('layer_masking', layer_masking)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f'{name} must be in [0, 1), got {p}')
@@ -111,6 +127,7 @@ class MAPSMask2FormerHead(Mask2FormerHead):
         self.use_scene_memory, self.use_object_memory = use_scene_memory, use_object_memory
         self.swap_memory = swap_memory
         self.input_masking, self.layer_masking = input_masking, layer_masking
+        self.input_masking_mode = input_masking_mode
         self.aug_cls = aug_cls
         self.augment_at_test = augment_at_test
         # which memory each layer reads
@@ -125,8 +142,17 @@ class MAPSMask2FormerHead(Mask2FormerHead):
             memory_dims_per_layer=[dims.get(s) for s in self.layer_sources],
             extra_self_attn_layers=extra_self_attn_layers, memory_num_heads=memory_num_heads,
             **transformer_decoder)
+        self.learned_memory = None
+        if learned_memory is not None:
+            if aug_cls:
+                raise ValueError('learned_memory has no query keys for aug_cls')
+            num_scene, num_objects = (int(n) for n in learned_memory)
+            self.learned_memory = nn.ParameterDict(dict(
+                scene=nn.Parameter(torch.randn(num_scene, scene_memory_dims) * 0.02),
+                object=nn.Parameter(torch.randn(num_objects, object_memory_dims) * 0.02)))
         self.extra_params = (sum(p.numel() for p in self.transformer_decoder.parameters())
-                             - baseline_params)
+                             - baseline_params
+                             + sum(p.numel() for p in (self.learned_memory or {}).values()))
         self._init_memory_values()
         print_log(f'MAPSMask2FormerHead: memory layers {self.layer_sources}, extra attention '
                   f'layers {list(extra_self_attn_layers)}: {self.extra_params:,} parameters '
@@ -157,7 +183,8 @@ class MAPSMask2FormerHead(Mask2FormerHead):
 
     @property
     def needs_memory(self) -> bool:
-        return self.reads_scene or self.reads_objects
+        """Whether a retrieval must come with each sample (not with ``learned_memory``)."""
+        return self.learned_memory is None and (self.reads_scene or self.reads_objects)
 
     def _drop(self, mask: Tensor, p: float) -> Tensor:
         """Add random masking with probability p to a padding mask."""
@@ -185,8 +212,14 @@ class MAPSMask2FormerHead(Mask2FormerHead):
             if mask is None:
                 mask = objects.new_zeros(objects.shape[:2], dtype=torch.bool)
             sources['object'] = (objects, mask)
-        if augment and self.input_masking > 0:
-            sources = {k: (v, self._drop(m, self.input_masking)) for k, (v, m) in sources.items()}
+        if augment and self.input_masking > 0 and sources:
+            if self.input_masking_mode == 'item':
+                sources = {k: (v, self._drop(m, self.input_masking))
+                           for k, (v, m) in sources.items()}
+            else:  # one draw per image masks every item of its memory
+                some_mask = next(iter(sources.values()))[1]
+                dropped = torch.rand(len(some_mask), device=some_mask.device) < self.input_masking
+                sources = {k: (v, m | dropped[:, None]) for k, (v, m) in sources.items()}
         per_layer = []
         for source in self.layer_sources:
             if source is None or source not in sources:
@@ -199,7 +232,16 @@ class MAPSMask2FormerHead(Mask2FormerHead):
         return per_layer
 
     def memory_of(self, batch_data_samples: SampleList) -> Optional[MemoryInputs]:
-        """The batch's memory, from each sample's ``metainfo['retrieval']``."""
+        """The batch's memory, from each sample's ``metainfo['retrieval']`` (the learned
+        tokens with ``learned_memory``)."""
+        if self.learned_memory is not None:
+            batch = len(batch_data_samples)
+            scene, objects = self.learned_memory['scene'], self.learned_memory['object']
+            return MemoryInputs(scene=scene.expand(batch, -1, -1),
+                                scene_mask=scene.new_zeros((batch, len(scene)), dtype=torch.bool),
+                                objects=objects.expand(batch, -1, -1),
+                                object_mask=objects.new_zeros((batch, len(objects)),
+                                                              dtype=torch.bool))
         if not self.needs_memory:
             return None
         missing = [i for i, s in enumerate(batch_data_samples) if 'retrieval' not in s]

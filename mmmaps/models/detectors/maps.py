@@ -10,7 +10,7 @@ from mmdet.models.detectors import Mask2Former
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 
-from ...memory.external_memory import ExternalMemory
+from ...memory.external_memory import ExternalMemory, shows_whole_picture
 from ...memory.retriever import RetrievalResult
 from ...utils.checkpoint_fit import CheckpointMismatchError, StateDiff, install_fit_check
 from ...utils.text import name_list
@@ -134,7 +134,8 @@ class MAPS(Mask2Former):
             result = self.memory.retrieve(
                 unnormalized_images(batch_inputs, batch_data_samples, self.data_preprocessor),
                 [sample.metainfo.get('img_path') for sample in batch_data_samples],
-                training=self.training, with_objects=head.reads_objects)
+                training=self.training, with_objects=head.reads_objects,
+                whole_pictures=[shows_whole_picture(s.metainfo) for s in batch_data_samples])
         for index, sample in enumerate(batch_data_samples):
             sample.set_metainfo(dict(retrieval=result.select(index)))
         return result

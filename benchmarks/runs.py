@@ -1,0 +1,148 @@
+"""What the training benchmarks share: running a tool with one thread, the tiny configs'
+schedule override, reading a test's summary, stamped (reusable) trainings, subsets of the
+labelled split and the paired 95 % interval."""
+import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
+
+import glob
+import json
+import os.path as osp
+import statistics
+import subprocess
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def run(cmd, log, threads=None):
+    """Run ``cmd`` in the repository root, output to ``log``; raise with the log's tail."""
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    os.makedirs(osp.dirname(osp.abspath(log)), exist_ok=True)
+    with open(log, 'w') as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode:
+        with open(log) as f:
+            tail = f.read()[-3000:]
+        raise RuntimeError(f'{" ".join(cmd)} failed (exit {proc.returncode}); log {log}:\n'
+                           f'{tail}')
+
+
+def schedule(iters, val_interval=None):
+    """--cfg-options giving the tiny configs ``iters`` iterations (lr step at 85 %), a
+    validation every ``val_interval`` iterations (default: none) and the last checkpoint."""
+    return [f'train_cfg.max_iters={iters}',
+            f'train_cfg.val_interval={val_interval or iters + 1}',
+            f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.1.end={iters}',
+            f'param_scheduler.1.milestones=[{iters * 85 // 100}]']
+
+
+def summary(metrics_file):
+    from mmmaps.evaluation.summary import panoptic_summary
+    with open(metrics_file) as f:
+        return panoptic_summary(json.load(f))
+
+
+def validation_curve(train_dir) -> Dict[int, dict]:
+    """{iteration: summary} of the validations a training ran (its ``vis_data/scalars.json``)."""
+    from mmmaps.evaluation.summary import panoptic_summary
+    curve = {}
+    for path in sorted(glob.glob(osp.join(train_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                if 'coco_panoptic/PQ' in record:
+                    curve[int(record['step'])] = panoptic_summary(record)
+    return curve
+
+
+def last_checkpoint(work):
+    with open(osp.join(work, 'train', 'last_checkpoint')) as f:
+        return f.read().strip()
+
+
+def stamped_training(work: str, config: str, options: Sequence[str]) -> float:
+    """Train ``config`` into ``WORK/train`` unless a finished run with the same config and
+    options is there (its ``run.json`` stamp); returns the training's seconds."""
+    stamp_file, stamp = osp.join(work, 'run.json'), dict(config=config, options=list(options))
+    if osp.isfile(stamp_file):
+        with open(stamp_file) as f:
+            record = json.load(f)
+        if record.get('stamp') == stamp:
+            return record['seconds']
+    start = time.time()
+    run([sys.executable, 'tools/train.py', config, '--work-dir', osp.join(work, 'train'),
+         '--cfg-options', *options], osp.join(work, 'train.log'), threads=1)
+    seconds = time.time() - start
+    with open(stamp_file + '.tmp', 'w') as f:
+        json.dump(dict(stamp=stamp, seconds=seconds), f)
+    os.replace(stamp_file + '.tmp', stamp_file)
+    return seconds
+
+
+def stamped_test(work: str, name: str, config: str, options: Sequence[str],
+                 extra_args: Sequence[str] = ()) -> dict:
+    """Test the last checkpoint of ``WORK`` into ``WORK/NAME`` unless the same test ran after
+    that training (stamp); returns the summary."""
+    out = osp.join(work, name)
+    stamp = dict(config=config, options=list(options), args=list(extra_args),
+                 checkpoint=last_checkpoint(work),
+                 trained=osp.getmtime(osp.join(work, 'run.json')))
+    stamp_file = osp.join(out, 'test_stamp.json')
+    if osp.isfile(stamp_file) and osp.isfile(osp.join(out, 'metrics.json')):
+        with open(stamp_file) as f:
+            if json.load(f) == stamp:
+                return summary(osp.join(out, 'metrics.json'))
+    cmd = [sys.executable, 'tools/test.py', config, stamp['checkpoint'], '--work-dir', out,
+           *extra_args]
+    if options:
+        cmd += ['--cfg-options', *options]
+    run(cmd, osp.join(work, f'{name}.log'), threads=1)
+    with open(stamp_file, 'w') as f:
+        json.dump(stamp, f)
+    return summary(osp.join(out, 'metrics.json'))
+
+
+def write_subset(src: str, dst: str, num_images: int, seed: Optional[int] = None) -> List[int]:
+    """A COCO panoptic file with ``num_images`` of ``src``'s images: the first ones, or a
+    random sample drawn with ``seed``; written atomically. Returns the kept image ids."""
+    with open(src) as f:
+        data = json.load(f)
+    images = data['images']
+    if num_images > len(images):
+        raise ValueError(f'{src} has {len(images)} images, asked for {num_images}')
+    if seed is None:
+        chosen = images[:num_images]
+    else:
+        order = np.random.default_rng([seed, num_images]).permutation(len(images))
+        chosen = [images[i] for i in sorted(order[:num_images])]
+    keep = {im['id'] for im in chosen}
+    data['images'] = chosen
+    data['annotations'] = [a for a in data['annotations'] if a['image_id'] in keep]
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    with open(dst + '.tmp', 'w') as f:
+        json.dump(data, f)
+    os.replace(dst + '.tmp', dst)
+    return sorted(keep)
+
+
+def interval95(diffs):
+    """Mean and half-width of the 95 % t-interval of paired differences."""
+    from scipy import stats
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return mean, float('nan')
+    return mean, stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs)**.5
+
+
+def publish(name: str, payload: dict, text: str) -> str:
+    """Write ``benchmarks/results/NAME.{json,md}`` (the report of a ``--publish`` run)."""
+    out = osp.join(ROOT, 'benchmarks', 'results', name)
+    with open(out + '.json', 'w') as f:
+        json.dump(payload, f, indent=2)
+    with open(out + '.md', 'w') as f:
+        f.write(text + '\n')
+    return out
