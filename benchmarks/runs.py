@@ -33,11 +33,15 @@ def run(cmd, log, threads=None):
 
 def schedule(iters, val_interval=None):
     """--cfg-options giving the tiny configs ``iters`` iterations (lr step at 85 %), a
-    validation every ``val_interval`` iterations (default: none) and the last checkpoint."""
-    return [f'train_cfg.max_iters={iters}',
-            f'train_cfg.val_interval={val_interval or iters + 1}',
-            f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.1.end={iters}',
-            f'param_scheduler.1.milestones=[{iters * 85 // 100}]']
+    validation every ``val_interval`` iterations (default: none; logged at its iteration,
+    not at "epoch 0") and the last checkpoint."""
+    options = [f'train_cfg.max_iters={iters}',
+               f'train_cfg.val_interval={val_interval or iters + 1}',
+               f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.1.end={iters}',
+               f'param_scheduler.1.milestones=[{iters * 85 // 100}]']
+    if val_interval:
+        options.append('default_hooks.logger.log_metric_by_epoch=False')
+    return options
 
 
 def summary(metrics_file):
@@ -55,7 +59,11 @@ def validation_curve(train_dir) -> Dict[int, dict]:
             for line in f:
                 record = json.loads(line)
                 if 'coco_panoptic/PQ' in record:
-                    curve[int(record['step'])] = panoptic_summary(record)
+                    step = int(record['step'])
+                    if step in curve:
+                        raise ValueError(f'{path}: two validations logged at step {step} (train '
+                                         'with default_hooks.logger.log_metric_by_epoch=False)')
+                    curve[step] = panoptic_summary(record)
     return curve
 
 

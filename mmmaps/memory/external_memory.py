@@ -64,6 +64,7 @@ def shows_whole_picture(metainfo: dict) -> bool:
     expected = (ori[0] * scale[1], ori[1] * scale[0])
     return all(abs(int(a) - b) <= 1 for a, b in zip(shape[:2], expected))
 
+
 class ExternalMemory:
     """Everything MAPS reads from its memory, and the only owner of how it is read.
 
