@@ -230,18 +230,23 @@ def look_alike_flips(prefix, gt_ann, gt_folder):
     return flipped / max(same + flipped, 1)
 
 
-def arm_run(args, arm, seed):
-    """Train (stamped) arm ``arm`` of seed ``seed``; (work dir, config, test options, the
-    labelled annotation file, the memory root or None)."""
+def seed_inputs(args, seed):
+    """Seed ``seed``'s labelled annotation file and the memory of those images: written
+    once per seed, before any of its trainings run (parallel arms of a seed share them)."""
     ann = labelled_subset(args, args.size, seed)
-    tag = f'n{args.size}_seed{seed}'
-    work = osp.join(args.work_dir, f'iters{args.iters}', f'{arm}_{tag}')
+    return ann, build_memory(args, ann, osp.join(args.work_dir, 'memory',
+                                                 f'n{args.size}_seed{seed}'))
+
+
+def arm_run(args, arm, seed, ann, memory):
+    """Train (stamped) arm ``arm`` of seed ``seed`` on ``ann`` (MAPS arms: with the memory
+    ``memory``); (work dir, config, test options)."""
+    work = osp.join(args.work_dir, f'iters{args.iters}', f'{arm}_n{args.size}_seed{seed}')
     common = [f'randomness.seed={seed}']
     if arm == 'mask2former':
-        config, memory, arm_options = MASK2FORMER, None, []
+        config, arm_options = MASK2FORMER, []
     else:
         config, arm_options = args.maps_config, list(MAPS_ARMS[arm])
-        memory = build_memory(args, ann, osp.join(args.work_dir, 'memory', tag))
         common.append(f'memory.root={memory}')
     stamped_training(work, config, schedule(args.iters) + common + arm_options + [
         f'train_dataloader.dataset.ann_file={ann}'])
@@ -249,7 +254,7 @@ def arm_run(args, arm, seed):
     test_options = common + [o for o in arm_options if 'wrong_memory_prob' not in o]
     if arm == 'maps_shuffled':
         test_options += list(SHUFFLED)
-    return work, config, test_options, ann, memory
+    return work, config, test_options
 
 
 def evaluate(args, work, config, name, options, extra=(), memory_classes=None):
@@ -279,12 +284,13 @@ def arms(args):
 
     def one(job):
         arm, seed = job
-        work, config, options, _, _ = arm_run(args, arm, seed)
+        work, config, options = arm_run(args, arm, seed, *inputs[seed])
         result = evaluate(args, work, config, 'test', options)
         print(f'  {arm} seed {seed}: PQ {result["PQ"]:.1f} PQ_th {result["PQ_th"]:.1f} '
               f'flips {result["look_alike_flips"]:.1f} %', flush=True)
         return job, result
 
+    inputs = {seed: seed_inputs(args, seed) for seed in args.seeds}
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(pool.map(one, jobs))
     columns = ('PQ', 'PQ_th', 'look_alike_flips')
@@ -325,16 +331,16 @@ def counterfactual(args):
         raise SystemExit(f'maps_evidence.py counterfactual: {bad} retrieve nothing')
     rows = []
     for seed in args.seeds:
+        ann, memory = seed_inputs(args, seed)
+        tag = f'n{args.size}_seed{seed}'
+        tests = {'own memory': ((), (), categories_in(ann)),
+                 'memory off': (MEMORY_OFF, (), None),
+                 'shuffled memory': (SHUFFLED, (), categories_in(ann))}
+        for scene, sub in scene_subsets(args, ann).items():
+            root = build_memory(args, sub, osp.join(args.work_dir, 'memory', f'{tag}_{scene}'))
+            tests[f'memory of {scene} only'] = ((), ('--memory', root), categories_in(sub))
         for arm in chosen:
-            work, config, options, ann, _ = arm_run(args, arm, seed)
-            tag = f'n{args.size}_seed{seed}'
-            tests = {'own memory': ((), (), categories_in(ann)),
-                     'memory off': (MEMORY_OFF, (), None),
-                     'shuffled memory': (SHUFFLED, (), categories_in(ann))}
-            for scene, sub in scene_subsets(args, ann).items():
-                root = build_memory(args, sub, osp.join(args.work_dir, 'memory',
-                                                        f'{tag}_{scene}'))
-                tests[f'memory of {scene} only'] = ((), ('--memory', root), categories_in(sub))
+            work, config, options = arm_run(args, arm, seed, ann, memory)
             for name, (extra_options, extra_args, memory_classes) in tests.items():
                 result = evaluate(args, work, config, name,
                                   [o for o in options if 'wrong_memory' not in o]

@@ -403,6 +403,17 @@ def retrieval_of(samples):
     return RetrievalResult.cat([s.metainfo['retrieval'] for s in samples])
 
 
+def training_retrieval(model, cfg, indices):
+    """One training forward of the train images ``indices``: the views the pipeline gave
+    the model (RGB), their files, the losses and the batch's retrieval."""
+    batch = loader_batch(DATASETS.build(cfg.train_dataloader.dataset), indices)
+    model.train()
+    data = model.data_preprocessor(batch, True)
+    losses = model(**data, mode='loss')
+    return (loader_views_rgb(batch), [s.img_path for s in batch['data_samples']], losses,
+            retrieval_of(data['data_samples']))
+
+
 def test_maps_detector_trains_and_predicts(synthetic_root, synthetic_memory):
     model, cfg = build_tiny_maps(synthetic_root, synthetic_memory)
     assert not any('query_encoder' in k or 'visual' in k for k in model.state_dict())
@@ -512,14 +523,7 @@ def test_maps_without_query_caches_encodes_the_model_input(synthetic_root, synth
     model.attach_memory(memory)
     bank = bank_files(synthetic_memory)
     encoder = independent_key_encoder(cfg, synthetic_memory)
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    batch = loader_batch(dataset, [2, 3])
-    views = loader_views_rgb(batch)
-    paths = [s.img_path for s in batch['data_samples']]
-    model.train()
-    data = model.data_preprocessor(batch, True)
-    losses = model(**data, mode='loss')
-    result = retrieval_of(data['data_samples'])
+    views, paths, losses, result = training_retrieval(model, cfg, [2, 3])
     assert not result.keys_from_cache.any()
     assert float(losses['retrieval/key_cache_hits']) == 0.0
     from_views = encoder(views)
@@ -543,14 +547,7 @@ def test_full_image_cache_option_keys_training_from_the_files(synthetic_root,
     model, cfg = build_tiny_maps(synthetic_root, synthetic_memory,
                                  {'memory.retrieval.query_keys': 'full_image_cache'})
     encoder = independent_key_encoder(cfg, synthetic_memory)
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    batch = loader_batch(dataset, [0, 1])
-    views = loader_views_rgb(batch)
-    paths = [s.img_path for s in batch['data_samples']]
-    model.train()
-    data = model.data_preprocessor(batch, True)
-    losses = model(**data, mode='loss')
-    result = retrieval_of(data['data_samples'])
+    views, paths, losses, result = training_retrieval(model, cfg, [0, 1])
     assert result.keys_from_cache.all() and float(losses['retrieval/key_cache_hits']) == 1.0
     torch.testing.assert_close(result.query_keys,
                                encoder([read_file_rgb(p) for p in paths]), atol=1e-6,
