@@ -54,7 +54,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.runs import (ROOT, interval95, publish, run, schedule, stamped_test,
-                             stamped_training, validation_curve, write_subset)
+                             stamped_training, validation_curve, write_images,
+                             write_subset)
 
 MASK2FORMER = 'configs/mask2former/mask2former_r18_synthetic-panoptic.py'
 MAPS = 'configs/maps/maps_r18_synthetic-panoptic_standin-clip.py'
@@ -167,15 +168,9 @@ def scene_subsets(args, ann):
         data = json.load(f)
     out = {}
     for scene in sorted({im['scene'] for im in data['images']}):
-        keep = [im for im in data['images'] if im['scene'] == scene]
-        ids = {im['id'] for im in keep}
-        subset = dict(data, images=keep,
-                      annotations=[a for a in data['annotations'] if a['image_id'] in ids])
         dst = osp.join(args.work_dir, 'annotations',
                        osp.basename(ann).replace('.json', f'_{scene}.json'))
-        with open(dst + '.tmp', 'w') as f:
-            json.dump(subset, f)
-        os.replace(dst + '.tmp', dst)
+        write_images(data, [im for im in data['images'] if im['scene'] == scene], dst)
         out[scene] = dst
     return out
 

@@ -127,12 +127,18 @@ def write_subset(src: str, dst: str, num_images: int, seed: Optional[int] = None
     else:
         order = np.random.default_rng([seed, num_images]).permutation(len(images))
         chosen = [images[i] for i in sorted(order[:num_images])]
-    keep = {im['id'] for im in chosen}
-    data['images'] = chosen
-    data['annotations'] = [a for a in data['annotations'] if a['image_id'] in keep]
+    return write_images(data, chosen, dst)
+
+
+def write_images(data: dict, images: List[dict], dst: str) -> List[int]:
+    """Write the COCO panoptic ``data`` restricted to ``images`` (and their annotations) to
+    ``dst`` atomically; returns the kept image ids."""
+    keep = {im['id'] for im in images}
+    subset = dict(data, images=images,
+                  annotations=[a for a in data['annotations'] if a['image_id'] in keep])
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     with open(dst + '.tmp', 'w') as f:
-        json.dump(data, f)
+        json.dump(subset, f)
     os.replace(dst + '.tmp', dst)
     return sorted(keep)
 
