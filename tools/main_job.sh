@@ -77,3 +77,9 @@ python tools/analysis/compare_metrics.py \
   "Panoptic SegFormer=$WORK_DIR/psf/test/metrics.json"
 echo "overlays (left: ground truth, right: prediction): $WORK_DIR/panoptic_overlay_maps.png (MAPS)," \
   "$WORK_DIR/panoptic_overlay_psf.png (Panoptic SegFormer)"
+echo
+echo "web demo of these checkpoints, side by side in a browser at http://127.0.0.1:7860 (needs"
+echo "Gradio: bash tools/setup_env.sh --demo):"
+echo "  python demo/web_demo.py $BASELINE $(cat "$WORK_DIR/baseline/train/last_checkpoint")" \
+  "$MAPS $(cat "$WORK_DIR/maps/train/last_checkpoint")" \
+  "$PSF $(cat "$WORK_DIR/psf/train/last_checkpoint") --device cpu"

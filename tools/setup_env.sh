@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the mmmaps virtual environment and install the pinned stack.
 #
-#   bash tools/setup_env.sh [--tests] [--deploy] [--optional] [--torch LINE] [--python X.Y]
-#                           [--print-venv]
+#   bash tools/setup_env.sh [--tests] [--deploy] [--demo] [--optional] [--torch LINE]
+#                           [--python X.Y] [--print-venv]
 #
 #   --torch LINE   the torch line of the support matrix (docs/en/get_started.md, "Support matrix"):
 #                    2.5  torch 2.5.1,  numpy 1.x, python 3.11 by default  (the CI default)
@@ -11,8 +11,12 @@
 #                  its own venv; the default line keeps ~/.cache/mmmaps/venv.
 #   --python X.Y   interpreter of a new venv (default: the line's; PYTHON=/path overrides)
 #   --print-venv   print the venv path of these options and exit (installs nothing)
-#   --tests        also the test requirements (requirements/tests.txt; implies --deploy)
+#   --tests        also the test requirements (requirements/tests.txt; implies --deploy and
+#                  --demo) and a headless browser for the web demo's test: Debian's chromium
+#                  through apt-get where this runs as root (or with password-less sudo);
+#                  elsewhere that one test is skipped and says why
 #   --deploy       also onnx + onnxruntime (requirements/deploy.txt: ONNX export/inference)
+#   --demo         also Gradio (requirements/demo.txt: demo/web_demo.py)
 #   --optional     also requirements/optional.txt
 #
 # Idempotent: when the venv already holds exactly what the requirement files ask for
@@ -40,6 +44,7 @@ REQ=$ROOT/requirements
 WANT_TESTS=0
 WANT_OPTIONAL=0
 WANT_DEPLOY=0
+WANT_DEMO=0
 PRINT_VENV=0
 TORCH_LINE=2.5
 PY_VERSION=""
@@ -48,11 +53,12 @@ while (($#)); do
     --tests) WANT_TESTS=1; shift ;;
     --optional) WANT_OPTIONAL=1; shift ;;
     --deploy) WANT_DEPLOY=1; shift ;;
+    --demo) WANT_DEMO=1; shift ;;
     --print-venv) PRINT_VENV=1; shift ;;
     --torch) TORCH_LINE=${2:-}; shift 2 ;;
     --python) PY_VERSION=${2:-}; shift 2 ;;
-    -h|--help) sed -n 2,33p "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) echo "setup_env: unknown argument '$1' (expected --tests, --deploy, --optional, --torch LINE," \
+    -h|--help) sed -n 2,38p "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "setup_env: unknown argument '$1' (expected --tests, --deploy, --demo, --optional, --torch LINE," \
             "--python X.Y or --print-venv)" >&2; exit 2 ;;
   esac
 done
@@ -225,14 +231,54 @@ install_group() {  # install_group NAME FILE
     echo "$group_stamp" >"$group_stamp_file"
   fi
 }
+# Debian's chromium for tests/test_tools/test_web_demo.py (driven by playwright). Not
+# having one is not an error: that test is then skipped and names this step.
+install_browser() {
+  local browser sudo=()
+  browser=$(command -v chromium || command -v chromium-browser || true)
+  if [[ -n $browser ]]; then
+    echo "    $browser is there"
+    return 0
+  fi
+  if [[ $(id -u) != 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
+      sudo=(sudo -n)
+    else
+      echo "    no chromium, and installing one needs root: the web demo's browser test will" \
+           "be skipped (as root: apt-get install chromium)"
+      return 0
+    fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "    no chromium and no apt-get: the web demo's browser test will be skipped"
+    return 0
+  fi
+  if run_logged "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+       --no-install-recommends chromium fonts-dejavu-core \
+     || { run_logged "${sudo[@]}" apt-get update \
+          && run_logged "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+               --no-install-recommends chromium fonts-dejavu-core; }; then
+    echo "    installed $(command -v chromium)"
+  else
+    echo "    apt-get could not install chromium (log: $LOG): the web demo's browser test" \
+         "will be skipped"
+  fi
+}
 if [[ $WANT_TESTS == 1 ]]; then
   step "test requirements"
   install_group tests "$REQ/tests.txt"
   WANT_DEPLOY=1  # the suite tests the ONNX export and runtime
+  WANT_DEMO=1    # and the web demo
+  step "headless browser for the web demo's test (chromium)"
+  install_browser
 fi
 if [[ $WANT_DEPLOY == 1 ]]; then
   step "deployment requirements (onnx, onnxruntime)"
   install_group deploy "$REQ/deploy.txt"
+fi
+if [[ $WANT_DEMO == 1 ]]; then
+  step "web demo requirements (gradio)"
+  install_group demo "$REQ/demo.txt"
 fi
 if [[ $WANT_OPTIONAL == 1 ]]; then
   step "optional requirements"

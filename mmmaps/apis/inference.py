@@ -20,6 +20,7 @@ from mmengine.logging import MMLogger
 
 from ..memory.checkpoint_meta import check_checkpoint_memory
 from ..memory.external_memory import build_external_memory
+from .demo import DemoError
 
 _ANNOTATION_LOADERS = ('LoadAnnotations', 'LoadPanopticAnnotations', 'LoadSemSegAnnotations')
 
@@ -50,7 +51,8 @@ def init_panoptic_model(config: Config, checkpoint: str, device: str = 'cpu',
     fit the model (:func:`~mmmaps.utils.checkpoint_fit.checkpoint_fit_check`), as in
     ``tools/test.py``. ``model.dataset_meta`` is the config's test dataset metainfo. A MAPS
     model gets the memory of ``memory.root`` (or ``memory_root``, a deliberate swap: the
-    checkpoint's recorded memory must have the same encoders) as ``model.memory``.
+    checkpoint's recorded memory must have the same encoders) as ``model.memory``; none
+    when its head reads no memory (both switched off, or learned tokens).
     """
     from mmdet.apis import init_detector
     from mmengine.runner import load_checkpoint
@@ -84,6 +86,14 @@ def init_panoptic_model(config: Config, checkpoint: str, device: str = 'cpu',
         if not hasattr(model, 'attach_memory'):
             raise TypeError(f'the config has a MemoryHook but its model '
                             f'{type(model).__name__} takes no memory')
+        if not model.panoptic_head.needs_memory:
+            # both memories switched off (Table 7) or learned tokens: the forward pass
+            # retrieves nothing, so no index is loaded
+            if memory_root is not None:
+                raise DemoError(f'memory_root {memory_root}: the {type(model).__name__} of '
+                                 'this config reads no memory (use_scene_memory and '
+                                 'use_object_memory are off, or learned_memory is set)')
+            return model
         memory = build_external_memory(cfg.memory, root=memory_root, device=device)
         model.attach_memory(memory)
         check_checkpoint_memory(memory, ckpt, memory_swap=memory_root is not None,

@@ -167,3 +167,36 @@ def test_onnx_demo_refuses_a_folder_that_is_not_an_export(val_image, synthetic_r
     assert f'onnx_demo.py: error: {folder} is not an ONNX export' in proc.stderr
     assert 'Traceback' not in proc.stderr
     assert not osp.exists(out)
+
+
+def test_web_demo_serves_the_exports(exported, val_image, synthetic_root, tmp_path):
+    """demo/web_demo.py --backend onnxruntime: the segments and retrievals of
+    ONNXPanopticPredictor on the same file; memory off explained, not faked."""
+    pytest.importorskip('gradio_client', reason='the web demo needs requirements/demo.txt')
+    import gradio_client
+
+    from mmmaps.deployment import ONNXPanopticPredictor
+    from tests.web_demo_utils import pan_segments, running_demo, segment, table_rows
+
+    exports = [exported['mask2former'][3], exported['maps'][3]]
+    expected = {}
+    for name, export_dir in zip(('mask2former', 'maps'), exports):
+        predictor = ONNXPanopticPredictor(export_dir, num_threads=1)
+        sample = predictor(val_image)
+        expected[name] = (pan_segments(sample, predictor.dataset_meta['classes']),
+                          sample.metainfo.get('retrieval'))
+    with running_demo(exports + ['--backend', 'onnxruntime', '--threads', '1'],
+                      synthetic_root, tmp_path) as server:
+        client = gradio_client.Client(server['url'], verbose=False)
+        status, models = segment(client, val_image, memory_off=True)
+    assert status.endswith('64x64')
+    for name, outputs in zip(('mask2former', 'maps'), models):
+        segments, retrieval = expected[name]
+        assert len(segments) >= 2
+        assert sorted((r[0], int(r[3])) for r in table_rows(outputs[2])) == segments
+        assert outputs[1]['visible'] is False  # no memory-off twin of an export
+        assert '(onnxruntime)' in outputs[5]
+    ids = [i for i in expected['maps'][1].image_ids[0].tolist() if i >= 0]
+    assert [int(r[1]) for r in table_rows(models[1][4])] == ids and ids
+    assert 'memory off needs the PyTorch backend' in models[1][5]
+    assert 'memory off' not in models[0][5]

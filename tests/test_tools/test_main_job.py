@@ -34,6 +34,7 @@ def test_main_job_learns(tmp_path):
         assert osp.getsize(osp.join(work, png)) > 10_000
     assert 'MAPS' in proc.stdout and 'Mask2Former' in proc.stdout
     assert 'Panoptic SegFormer' in proc.stdout and 'MAPS memory off' in proc.stdout
+    assert 'python demo/web_demo.py configs/mask2former/' in proc.stdout
     memory = osp.join(REPO_ROOT, 'work_dirs', 'memory', 'synthetic_train_standin-clip')
     with open(osp.join(memory, 'manifest.json')) as f:
         assert json.load(f)['source']['num_images'] == 400
