@@ -1,18 +1,19 @@
 """onnxruntime vs PyTorch on the CPU: the exported networks of Mask2Former, MAPS and
 Panoptic SegFormer (tiny r18 synthetic configs and the R50 COCO configs).
 
-    python benchmarks/onnx_speed.py [--threads 1] [--tiny-size 128] [--r50-size 384]
-        [--iters 5] [--warmup 1] [--families mask2former maps panoptic_segformer]
+    python benchmarks/onnx_speed.py [--threads 1] [--tiny-size 128] [--r50-size 384 | H W]
+        [--deformable-attention gather grid_sample] [--iters 5] [--warmup 1] [--families mask2former maps panoptic_segformer]
         [--sizes tiny r50] [--scene-slots 5] [--object-slots 80] [--padded-objects 20]
         [--out results.json]
 
 For every (family, size) the config's model is built with random weights (``init_weights``
 without the backbone's pretrained ``init_cfg``; the speed does not depend on the weights),
 saved as a checkpoint and exported with :func:`mmmaps.deployment.export_onnx` at a fixed
-``S`` x ``S`` input into a temporary folder. Then the same graph module
+``S`` x ``S`` (or H x W) input into a temporary folder, once for each
+``--deformable-attention`` kind (Gather ops, or mmcv's GridSample path). Then the same graph module
 (:class:`~mmmaps.deployment.Mask2FormerGraph` / :class:`~mmmaps.deployment.PanopticSegFormerGraph`,
 eval mode, ``torch.no_grad()``) and the exported ``model.onnx`` (onnxruntime CPU session)
-run on the same fixed inputs (batch 1), interleaved (PyTorch, onnxruntime, PyTorch, ...)
+run on the same fixed inputs (batch 1), interleaved (PyTorch, each export, PyTorch, ...)
 so that drift in the machine's speed hits both alike. MAPS runs the network with its memory
 inputs (``--scene-slots`` scene slots, ``--object-slots`` object slots of which the last
 ``--padded-objects`` are padding), not the retrieval nor the key encoder. ``--threads N``
@@ -32,6 +33,7 @@ import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noq
 
 import argparse
 import datetime
+import functools
 import json
 import logging
 import os
@@ -51,6 +53,7 @@ from mmengine.logging import MMLogger  # noqa: E402
 
 from mmmaps.deployment import (Mask2FormerGraph, PanopticSegFormerGraph,  # noqa: E402
                                export_onnx)
+from mmmaps.deployment.deformable_attention import DEFORMABLE_ATTENTION_KINDS  # noqa: E402
 from mmmaps.deployment.export import (build_model_from_config,  # noqa: E402
                                       max_abs_difference)
 from mmmaps.deployment.graphs import memory_example  # noqa: E402
@@ -91,12 +94,12 @@ def ort_session(path: str, threads: int):
     return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
-def graph_inputs(graph, size: int, args) -> list:
+def graph_inputs(graph, shape, args) -> list:
     """Fixed inputs (seeded) in ``graph.input_names`` order, batch 1."""
     generator = torch.Generator().manual_seed(0)
-    image = torch.randn(1, 3, size, size, generator=generator)
+    image = torch.randn(1, 3, *shape, generator=generator)
     if isinstance(graph, PanopticSegFormerGraph):
-        return [image, torch.tensor([[size, size]], dtype=torch.int64)]
+        return [image, torch.tensor([list(shape)], dtype=torch.int64)]
     if not graph.is_maps:
         return [image]
     memory = memory_example(graph, 1, args.scene_slots, args.object_slots, generator)
@@ -122,7 +125,7 @@ def timed_interleaved(fns, iters: int, warmup: int):
     return times
 
 
-def bench_one(family: str, tier: str, size: int, args, tmp: str) -> dict:
+def bench_one(family: str, tier: str, shape, args, tmp: str) -> dict:
     config = osp.join(REPO, CONFIGS[tier][family])
     cfg = Config.fromfile(config)
     options = cfg_options(cfg)
@@ -135,54 +138,65 @@ def bench_one(family: str, tier: str, size: int, args, tmp: str) -> dict:
     os.makedirs(folder)
     checkpoint = osp.join(folder, 'init.pth')
     torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
-    start = time.perf_counter()
-    info = export_onnx(config, checkpoint, osp.join(folder, 'export'), shape=(size, size),
-                       cfg_options=options, tolerance=args.export_tolerance,
-                       log=lambda msg: print(f'  {msg}', flush=True))
-    export_s = time.perf_counter() - start
+    export_s, sessions = {}, {}
+    for kind in args.deformable_attention:
+        start = time.perf_counter()
+        info = export_onnx(config, checkpoint, osp.join(folder, kind), shape=tuple(shape),
+                           cfg_options=options, tolerance=args.export_tolerance,
+                           deformable_attention=kind,
+                           log=lambda msg: print(f'  {msg}', flush=True))
+        export_s[kind] = round(time.perf_counter() - start, 2)
+        sessions[kind] = ort_session(osp.join(folder, kind, 'model.onnx'), args.threads)
     os.remove(checkpoint)
 
     if family == 'panoptic_segformer':
         graph = PanopticSegFormerGraph(model, with_stuff=model._with_stuff).eval()
     else:
         graph = Mask2FormerGraph(model).eval()
-    inputs = graph_inputs(graph, size, args)
+    inputs = graph_inputs(graph, shape, args)
     feed = {name: tensor.numpy() for name, tensor in zip(graph.input_names, inputs)}
-    session = ort_session(osp.join(folder, 'export', 'model.onnx'), args.threads)
     output_names = [o['name'] for o in info['outputs']]
 
     def run_torch():
         with torch.no_grad():
             return graph(*inputs)
 
-    def run_ort():
-        return session.run(output_names, feed)
-
-    diffs = {name: max_abs_difference(ref, out, name)
-             for name, ref, out in zip(output_names, run_torch(), run_ort())}
-    t_torch, t_ort = timed_interleaved([run_torch, run_ort], args.iters, args.warmup)
-    m_torch, m_ort = statistics.median(t_torch), statistics.median(t_ort)
-    row = dict(family=family, size=tier, config=CONFIGS[tier][family], shape=[size, size],
-               cfg_options=options, export_seconds=round(export_s, 2),
+    runs = [run_torch] + [functools.partial(session.run, output_names, feed)
+                          for session in sessions.values()]
+    reference = run_torch()
+    times = timed_interleaved(runs, args.iters, args.warmup)
+    m_torch = statistics.median(times[0])
+    row = dict(family=family, size=tier, config=CONFIGS[tier][family], shape=list(shape),
+               cfg_options=options, export_seconds=export_s,
                inputs={n: list(a.shape) for n, a in feed.items()},
-               torch_seconds=t_torch, ort_seconds=t_ort,
-               torch_median_ms=1000 * m_torch, ort_median_ms=1000 * m_ort,
-               torch_images_per_s=1 / m_torch, ort_images_per_s=1 / m_ort,
-               ort_over_torch=m_torch / m_ort, max_abs_difference=diffs)
-    print(f'  PyTorch {1 / m_torch:.2f} img/s, onnxruntime {1 / m_ort:.2f} img/s '
-          f'(x{m_torch / m_ort:.2f}), max |diff| {max(diffs.values()):.2e}', flush=True)
+               torch_seconds=times[0], torch_median_ms=1000 * m_torch,
+               torch_images_per_s=1 / m_torch, ort={})
+    for (kind, session), seconds in zip(sessions.items(), times[1:]):
+        median = statistics.median(seconds)
+        row['ort'][kind] = dict(
+            seconds=seconds, median_ms=1000 * median, images_per_s=1 / median,
+            over_torch=m_torch / median,
+            max_abs_difference={name: max_abs_difference(ref, out, name) for name, ref, out
+                                in zip(output_names, reference, session.run(output_names,
+                                                                            feed))})
+    print(f'  PyTorch {1 / m_torch:.3f} img/s; ' + '; '.join(
+        f'onnxruntime ({kind}) {r["images_per_s"]:.3f} img/s (x{r["over_torch"]:.2f}, max '
+        f'|diff| {max(r["max_abs_difference"].values()):.1e})' for kind, r in row['ort'].items()),
+        flush=True)
     return row
 
 
 def markdown(rows) -> str:
-    lines = ['| family | config | input | PyTorch img/s | onnxruntime img/s | '
-             'ORT / PyTorch | max abs diff |',
-             '|---|---|---|---:|---:|---:|---:|']
+    kinds = list(rows[0]['ort']) if rows else []
+    lines = ['| family | config | input | PyTorch img/s | ' + ' | '.join(
+        f'ORT {kind} img/s | ORT {kind} / PyTorch | {kind} max abs diff' for kind in kinds)
+        + ' |', '|---|---|---|---:|' + '---:|---:|---:|' * len(kinds)]
     for r in rows:
         lines.append(f'| {r["family"]} | {osp.basename(r["config"])} | '
-                     f'{r["shape"][0]}x{r["shape"][1]} | {r["torch_images_per_s"]:.2f} | '
-                     f'{r["ort_images_per_s"]:.2f} | {r["ort_over_torch"]:.2f} | '
-                     f'{max(r["max_abs_difference"].values()):.1e} |')
+                     f'{r["shape"][0]}x{r["shape"][1]} | {r["torch_images_per_s"]:.3f} | '
+                     + ' | '.join(f'{o["images_per_s"]:.3f} | {o["over_torch"]:.2f} | '
+                                  f'{max(o["max_abs_difference"].values()):.1e}'
+                                  for o in r['ort'].values()) + ' |')
     return '\n'.join(lines)
 
 
@@ -191,7 +205,11 @@ def main(argv=None):
     parser.add_argument('--families', nargs='+', choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument('--sizes', nargs='+', choices=('tiny', 'r50'), default=['tiny', 'r50'])
     parser.add_argument('--tiny-size', type=int, default=128)
-    parser.add_argument('--r50-size', type=int, default=384)
+    parser.add_argument('--r50-size', type=int, nargs='+', default=[384], metavar='S',
+                        help='R50 input: S (square) or H W (e.g. 800 1344, a multiple of 32)')
+    parser.add_argument('--deformable-attention', nargs='+', choices=DEFORMABLE_ATTENTION_KINDS,
+                        default=list(DEFORMABLE_ATTENTION_KINDS),
+                        help='export each of these and time them side by side')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch.set_num_threads and onnxruntime intra_op_num_threads')
     parser.add_argument('--iters', type=int, default=5)
@@ -216,10 +234,11 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for tier in args.sizes:
-            size = args.tiny_size if tier == 'tiny' else args.r50_size
+            shape = ((args.tiny_size, ) * 2 if tier == 'tiny' else
+                     tuple(args.r50_size) * (2 if len(args.r50_size) == 1 else 1))
             for family in args.families:
-                print(f'{family} {tier} at {size}x{size}:', flush=True)
-                rows.append(bench_one(family, tier, size, args, tmp))
+                print(f'{family} {tier} at {shape[0]}x{shape[1]}:', flush=True)
+                rows.append(bench_one(family, tier, shape, args, tmp))
     import onnxruntime
     table = markdown(rows)
     print(f'\nbatch 1, {args.iters} iterations (median) after {args.warmup} warm-up, '

@@ -22,6 +22,13 @@ def synthetic_root(tmp_path_factory):
     return str(root) + '/'
 
 
+@pytest.fixture(scope='session')
+def val_image(synthetic_root):
+    """The first val image of the session's synthetic dataset (64x64)."""
+    folder = os.path.join(synthetic_root, 'val')
+    return os.path.join(folder, sorted(os.listdir(folder))[0])
+
+
 @pytest.fixture
 def synthetic_env(synthetic_root, monkeypatch):
     """Point the synthetic dataset config at the session dataset."""
@@ -87,6 +94,17 @@ def load_tool(relpath):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def init_checkpoints(configs: dict, folder) -> dict:
+    """{name: path} of the untrained weights of each config (tools/misc/init_checkpoint.py)
+    written under ``folder``."""
+    init_checkpoint = load_tool('tools/misc/init_checkpoint.py')
+    out = {}
+    for name, config in configs.items():
+        out[name] = str(folder / f'{name}.pth')
+        init_checkpoint.main([config, out[name]])
+    return out
 
 
 def tree_sha256(path: str) -> dict:

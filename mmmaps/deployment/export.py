@@ -3,8 +3,9 @@
 An export folder holds:
 
 - ``model.onnx``: the network (:mod:`mmmaps.deployment.graphs`), opset :data:`OPSET`;
-  deformable attention runs mmcv's pure-PyTorch path (``grid_sample``, ONNX GridSample,
-  opset >= 16), which is the path mmcv takes on CPU anyway;
+  deformable attention is computed with Gather (``deformable_attention='gather'``, the
+  default: :mod:`mmmaps.deployment.deformable_attention`) or as mmcv's pure-PyTorch CPU
+  path (``'grid_sample'``: one ONNX GridSample per level, opset >= 16);
 - ``key_encoder.onnx`` (MAPS): the frozen key encoder, 0-255 crops -> L2-normalised keys;
 - ``config.py``: the config the graph was built from (the runtime reads its data
   preprocessor, fusion head, ``test_cfg``, dataset meta and memory section);
@@ -32,6 +33,7 @@ import torch
 
 from ..memory.storage import atomic_directory, sha256_file
 from ..utils.output_dirs import check_output_dir
+from .deformable_attention import DEFORMABLE_ATTENTION_KINDS, exported_deformable_attention
 from .errors import CheckpointMismatchError, DeploymentError, require_onnx
 
 OPSET = 17
@@ -44,6 +46,9 @@ KEY_ENCODER_ONNX = 'key_encoder.onnx'
 CONFIG_PY = 'config.py'
 EXPORT_FILES = (DEPLOY_JSON, MODEL_ONNX, KEY_ENCODER_ONNX, CONFIG_PY)
 TOLERANCE = 1e-3
+#: the default of ``export_onnx(deformable_attention=...)``: Gather is faster in onnxruntime
+#: than GridSample (benchmarks/results/onnx_speed.md) and has no GridSample for TensorRT
+DEFORMABLE_ATTENTION = 'gather'
 
 
 # --------------------------------------------------------------------------- loading
@@ -187,7 +192,7 @@ def _memory_spec(cfg, graph) -> dict:
 def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[int, int]] = None,
                 dynamic: bool = False, opset: int = OPSET, force: bool = False,
                 cfg_options: Optional[dict] = None, tolerance: float = TOLERANCE,
-                log=print) -> dict:
+                deformable_attention: str = DEFORMABLE_ATTENTION, log=print) -> dict:
     """Export ``checkpoint`` of ``config`` to the folder ``out``; returns ``deploy.json``.
 
     Args:
@@ -197,8 +202,17 @@ def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[in
             (Panoptic SegFormer runs one image per call); checked at a second shape (and
             batch size). The memory slots of MAPS are always dynamic.
         tolerance: Largest max |PyTorch - onnxruntime| accepted on the verification inputs.
+        deformable_attention: How the graph computes mmcv's multi-scale deformable
+            attention (Mask2Former's and MAPS's pixel decoder, Panoptic SegFormer's encoder):
+            ``'gather'`` (index arithmetic and Gather,
+            :func:`~mmmaps.deployment.deformable_attention.multi_scale_deformable_attn_gather`)
+            or ``'grid_sample'`` (mmcv's CPU path: one GridSample per level). The
+            verification compares either with the PyTorch model as it runs (grid_sample).
     """
     require_onnx('tools/deployment/export_onnx.py')
+    if deformable_attention not in DEFORMABLE_ATTENTION_KINDS:
+        raise DeploymentError(f'deformable attention {deformable_attention!r}: expected one '
+                              f'of {", ".join(DEFORMABLE_ATTENTION_KINDS)}')
     from mmengine.config import Config
 
     from .graphs import (Mask2FormerGraph, PanopticSegFormerGraph, memory_example,
@@ -233,6 +247,7 @@ def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[in
     info = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION, family=family,
                 config=osp.abspath(config), checkpoint=osp.abspath(checkpoint),
                 checkpoint_sha256=sha256_file(checkpoint), opset=opset, dynamic=dynamic,
+                deformable_attention=deformable_attention,
                 shape=[height, width],
                 versions=dict(torch=torch.__version__, python=platform.python_version()))
 
@@ -282,8 +297,9 @@ def export_onnx(config: str, checkpoint: str, out: str, shape: Optional[Tuple[in
         log(f'exporting {family} ({config}) at {height}x{width}'
             + (f' (dynamic {"/".join(spatial.values())})' if dynamic else '')
             + f', opset {opset} ...')
-        _export(graph, args, model_path, graph.input_names, output_names,
-                {k: v for k, v in axes.items() if v}, opset)
+        with exported_deformable_attention(deformable_attention):
+            _export(graph, args, model_path, graph.input_names, output_names,
+                    {k: v for k, v in axes.items() if v}, opset)
         session = _session(model_path)
         info['verification'] = dict(
             tolerance=tolerance, model=_verify(session, graph, cases, graph.input_names,

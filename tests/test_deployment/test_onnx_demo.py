@@ -96,12 +96,6 @@ def read_png(path):
 
 
 @pytest.fixture(scope='module')
-def val_image(synthetic_root):
-    folder = osp.join(synthetic_root, 'val')
-    return osp.join(folder, sorted(os.listdir(folder))[0])
-
-
-@pytest.fixture(scope='module')
 def exported(synthetic_root, synthetic_memory, val_image, tmp_path_factory):
     """{name: (config, cfg-options, checkpoint, export folder)} of the two tiny models."""
     from mmmaps.memory.external_memory import build_external_memory

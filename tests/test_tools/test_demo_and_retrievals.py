@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, TINY_M2F, load_config_with_root, load_tool, run_tool
+from tests.conftest import (REPO_ROOT, TINY_M2F, init_checkpoints, load_config_with_root,
+                            load_tool, run_tool)
 
 TINY_MAPS = osp.join(REPO_ROOT, 'configs', 'maps', 'maps_r18_synthetic-panoptic.py')
 TINY_PSF = osp.join(REPO_ROOT, 'configs', 'panoptic_segformer',
@@ -41,19 +42,7 @@ def assert_not_blank(image, min_std=10.0):
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
     """Untrained weights of the three tiny configs (tools/misc/init_checkpoint.py)."""
-    init_checkpoint = load_tool('tools/misc/init_checkpoint.py')
-    folder = tmp_path_factory.mktemp('init_checkpoints')
-    out = {}
-    for name, config in CONFIGS.items():
-        out[name] = str(folder / f'{name}.pth')
-        init_checkpoint.main([config, out[name]])
-    return out
-
-
-@pytest.fixture(scope='module')
-def val_image(synthetic_root):
-    folder = osp.join(synthetic_root, 'val')
-    return osp.join(folder, sorted(os.listdir(folder))[0])
+    return init_checkpoints(CONFIGS, tmp_path_factory.mktemp('init_checkpoints'))
 
 
 def memory_arrays(memory_root):

@@ -8,14 +8,14 @@ PyTorch inference API (``mmmaps.apis.inference_panoptic``, the pan map's pixels 
 here), ``ExternalMemory.retrieve`` on the image as the model sees it, and the object bank's
 own files.
 """
-import os
 import os.path as osp
 import shutil
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, TINY_M2F, load_config_with_root, load_tool
+from tests.conftest import (REPO_ROOT, TINY_M2F, init_checkpoints, load_config_with_root,
+                            load_tool)
 from tests.web_demo_utils import pan_segments, running_demo, segment, table_rows
 
 gradio_client = pytest.importorskip(
@@ -32,19 +32,8 @@ KEEP_ALL = {'model.test_cfg.object_mask_thr': 0.0, 'model.test_cfg.iou_thr': 0.0
 
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
-    init_checkpoint = load_tool('tools/misc/init_checkpoint.py')
-    folder = tmp_path_factory.mktemp('web_demo_checkpoints')
-    out = {}
-    for name, config in (('mask2former', TINY_M2F), ('maps', TINY_MAPS)):
-        out[name] = str(folder / f'{name}.pth')
-        init_checkpoint.main([config, out[name]])
-    return out
-
-
-@pytest.fixture(scope='module')
-def val_image(synthetic_root):
-    folder = osp.join(synthetic_root, 'val')
-    return osp.join(folder, sorted(os.listdir(folder))[0])
+    return init_checkpoints(dict(mask2former=TINY_M2F, maps=TINY_MAPS),
+                            tmp_path_factory.mktemp('web_demo_checkpoints'))
 
 
 @pytest.fixture(scope='module')

@@ -1,14 +1,18 @@
 """Export a trained Mask2Former, MAPS or Panoptic SegFormer to ONNX.
 
     python tools/deployment/export_onnx.py CONFIG CHECKPOINT --out DIR \
-        [--shape H W] [--dynamic] [--opset 17] [--force] [--cfg-options k=v ...]
+        [--shape H W] [--dynamic] [--opset 17] [--deformable-attention {gather,grid_sample}] \
+        [--force] [--cfg-options k=v ...]
 
 DIR receives ``model.onnx`` (normalised, padded image -> per-query class logits and mask
 logits, the fusion head's inputs; MAPS takes the retrieved memory as inputs), for MAPS
 ``key_encoder.onnx`` (0-255 crops -> L2-normalised keys), the config and ``deploy.json``
 (checkpoint sha256, inputs/outputs, opset, memory spec, verification). The export is
 checked with onnx's checker and compared with PyTorch in onnxruntime before DIR is
-published (max |difference| <= --tolerance, else nothing is written).
+published (max |difference| <= --tolerance, else nothing is written). Multi-scale
+deformable attention is exported as Gather ops by default (faster in onnxruntime than
+mmcv's GridSample path, and no GridSample for TensorRT); ``--deformable-attention
+grid_sample`` keeps mmcv's path.
 
 Run it with ``tools/test.py CONFIG DIR --backend onnxruntime`` or
 ``tools/deployment/onnx_demo.py IMG DIR``. Needs ``pip install -r requirements/deploy.txt``.
@@ -21,7 +25,8 @@ from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
-    from mmmaps.deployment.export import OPSET, TOLERANCE
+    from mmmaps.deployment.deformable_attention import DEFORMABLE_ATTENTION_KINDS
+    from mmmaps.deployment.export import DEFORMABLE_ATTENTION, OPSET, TOLERANCE
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='model config file')
     parser.add_argument('checkpoint', help='checkpoint file of that config')
@@ -36,6 +41,11 @@ def parse_args(argv=None):
     parser.add_argument('--tolerance', type=float, default=TOLERANCE,
                         help='largest max |PyTorch - onnxruntime| accepted on the '
                         f'verification inputs (default {TOLERANCE})')
+    parser.add_argument('--deformable-attention', choices=DEFORMABLE_ATTENTION_KINDS,
+                        default=DEFORMABLE_ATTENTION,
+                        help='how the graph computes multi-scale deformable attention: '
+                        'Gather ops or one GridSample per level (mmcv\'s CPU path; default '
+                        f'{DEFORMABLE_ATTENTION})')
     parser.add_argument('--force', action='store_true',
                         help='replace DIR if it holds an earlier export')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -49,7 +59,8 @@ def main(argv=None):
     return export_onnx(args.config, args.checkpoint, args.out,
                        shape=tuple(args.shape) if args.shape else None, dynamic=args.dynamic,
                        opset=args.opset, force=args.force, cfg_options=args.cfg_options,
-                       tolerance=args.tolerance)
+                       tolerance=args.tolerance,
+                       deformable_attention=args.deformable_attention)
 
 
 if __name__ == '__main__':

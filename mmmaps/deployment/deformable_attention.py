@@ -1,0 +1,106 @@
+"""Multi-scale deformable attention without GridSample (issue 26, a building block of the
+ONNX export: ``export_onnx(..., deformable_attention=...)``).
+
+mmcv's CPU path (``multi_scale_deformable_attn_pytorch``) samples each level with
+``F.grid_sample``, which exports as one ONNX GridSample per level; onnxruntime's GridSample
+is slow on the CPU and has no CUDA kernel, and TensorRT miscomputes GridSample-decomposed
+deformable attention. :func:`multi_scale_deformable_attn_gather` computes the same function
+(bilinear sampling, ``align_corners=False``, zeros outside the map) from index arithmetic,
+one ``Gather`` per bilinear corner over the values of every level and head at once, and a
+weighted sum: standard ONNX ops only.
+"""
+import contextlib
+
+import torch
+from torch import Tensor
+
+
+def multi_scale_deformable_attn_gather(value: Tensor, value_spatial_shapes,
+                                       sampling_locations: Tensor,
+                                       attention_weights: Tensor) -> Tensor:
+    """mmcv's ``multi_scale_deformable_attn_pytorch``, computed with gathers.
+
+    Args:
+        value (Tensor): (bs, num_keys, num_heads, head_dims), the levels' values one after
+            the other (``num_keys`` = sum of h * w).
+        value_spatial_shapes (Tensor | Sequence): (num_levels, 2), each level's (h, w).
+        sampling_locations (Tensor): (bs, num_queries, num_heads, num_levels, num_points, 2),
+            (x, y) in [0, 1] of each level's width and height; outside it samples zeros.
+        attention_weights (Tensor): (bs, num_queries, num_heads, num_levels, num_points).
+
+    Returns:
+        Tensor: (bs, num_queries, num_heads * head_dims).
+    """
+    bs, num_keys, num_heads, head_dims = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    # shapes stay tensors: a dynamic-shape export computes them from the features
+    shapes = torch.as_tensor(value_spatial_shapes, device=value.device).long()
+    areas = shapes[:, 0] * shapes[:, 1]
+    if not torch.jit.is_tracing() and (len(shapes) != num_levels or
+                                       int(areas.sum()) != num_keys):
+        raise ValueError(f'value_spatial_shapes {shapes.tolist()} do not match value '
+                         f'({num_keys} keys) and sampling_locations ({num_levels} levels)')
+    # every head's values of every level as rows of one table: (bs * heads * keys, dims)
+    table = value.permute(0, 2, 1, 3).reshape(-1, head_dims)
+    dtype = sampling_locations.dtype
+    heights = shapes[:, 0].to(dtype).view(1, 1, 1, num_levels, 1)
+    widths = shapes[:, 1].to(dtype).view(1, 1, 1, num_levels, 1)
+    starts = torch.cumsum(areas, 0) - areas
+    # first row of each (image, head, level) block: (bs, heads, 1, levels, 1)
+    block = (torch.arange(bs * num_heads, device=value.device).view(bs, num_heads, 1, 1, 1)
+             * num_keys + starts.view(1, 1, 1, num_levels, 1))
+    locations = sampling_locations.transpose(1, 2)  # (bs, heads, queries, levels, points, 2)
+    # align_corners=False: pixel centres at (i + 0.5) / size
+    x = locations[..., 0] * widths - 0.5
+    y = locations[..., 1] * heights - 0.5
+    x0, y0 = torch.floor(x), torch.floor(y)
+    fx, fy = x - x0, y - y0
+    weights = attention_weights.transpose(1, 2)  # (bs, heads, queries, levels, points)
+    out = None
+    for dy, dx, corner in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                           (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (xi <= widths - 1) & (yi >= 0) & (yi <= heights - 1)
+        column = torch.minimum(torch.clamp(xi, min=0), widths - 1)
+        row = torch.minimum(torch.clamp(yi, min=0), heights - 1)
+        index = block + (row * widths + column).long()
+        rows = table[index.reshape(-1)].view(bs, num_heads, num_queries,
+                                             num_levels * num_points, head_dims)
+        weight = (corner * weights * inside.to(dtype)).view(
+            bs, num_heads, num_queries, num_levels * num_points, 1)
+        term = (rows * weight).sum(3)  # (bs, heads, queries, dims)
+        out = term if out is None else out + term
+    return out.transpose(1, 2).reshape(bs, num_queries, num_heads * head_dims)
+
+
+
+#: how an export computes mmcv's deformable attention: ``gather`` (this module) or
+#: ``grid_sample`` (mmcv's own CPU path, one ONNX GridSample per level)
+DEFORMABLE_ATTENTION_KINDS = ('gather', 'grid_sample')
+
+
+@contextlib.contextmanager
+def exported_deformable_attention(kind: str):
+    """Within the block, mmcv's CPU deformable attention is computed as ``kind`` (an ONNX
+    export traces it).
+
+    mmcv's ``MultiScaleDeformableAttention.forward`` (used by mmdet's pixel decoder and
+    Panoptic SegFormer's encoder) calls ``multi_scale_deformable_attn_pytorch`` by its module
+    name on the CPU; ``gather`` puts :func:`multi_scale_deformable_attn_gather` there for the
+    duration of the trace, the way mmdeploy rewrites functions for export. Outside the block
+    nothing changes.
+    """
+    if kind not in DEFORMABLE_ATTENTION_KINDS:
+        raise ValueError(f'deformable attention {kind!r}: expected one of '
+                         f'{DEFORMABLE_ATTENTION_KINDS}')
+    if kind == 'grid_sample':
+        yield
+        return
+    from mmcv.ops import multi_scale_deform_attn
+    original = multi_scale_deform_attn.multi_scale_deformable_attn_pytorch
+    multi_scale_deform_attn.multi_scale_deformable_attn_pytorch = \
+        multi_scale_deformable_attn_gather
+    try:
+        yield
+    finally:
+        multi_scale_deform_attn.multi_scale_deformable_attn_pytorch = original

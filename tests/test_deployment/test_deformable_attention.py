@@ -1,0 +1,108 @@
+"""The gather-based deformable attention (mmmaps.deployment.deformable_attention) against
+mmcv's own PyTorch implementation (F.grid_sample), in PyTorch and through onnxruntime."""
+import numpy as np
+import pytest
+import torch
+
+from mmmaps.deployment.deformable_attention import multi_scale_deformable_attn_gather
+
+TOLERANCE = 1e-5  # fp32: the two sum the same products in another order
+
+
+def reference(*args):
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+    return multi_scale_deformable_attn_pytorch(*args)
+
+
+def inputs(shapes, bs=2, heads=3, dims=5, queries=13, points=4, spread=(-0.25, 1.25),
+           seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = torch.tensor(shapes)
+    levels = len(shapes)
+    value = torch.randn(bs, int(shapes.prod(1).sum()), heads, dims, generator=generator)
+    low, high = spread
+    locations = low + (high - low) * torch.rand(bs, queries, heads, levels, points, 2,
+                                                generator=generator)
+    weights = torch.rand(bs, queries, heads, levels, points, generator=generator)
+    return value, shapes, locations, weights
+
+
+@pytest.mark.parametrize('shapes', [[[6, 7], [3, 4], [1, 2]], [[1, 1]], [[5, 1], [1, 5]],
+                                    [[16, 12], [8, 6], [4, 3], [2, 2]]])
+def test_equals_grid_sample_inside_outside_and_at_the_border(shapes):
+    value, shapes, locations, weights = inputs(shapes)
+    h, w = shapes[:, 0].float(), shapes[:, 1].float()  # per level
+    # exact corners, edges and pixel centres, and points just outside the map
+    locations[0, 0, :, :, 0] = 0.0
+    locations[0, 0, :, :, 1] = 1.0
+    locations[0, 1, :, :, 0, 0] = 0.5 / w          # the first pixel centre
+    locations[0, 1, :, :, 1, 0] = 1 - 0.5 / w      # the last pixel centre
+    locations[0, 1, :, :, 2, 1] = -0.5 / h         # a pixel above the map: weight 0 ...
+    locations[0, 1, :, :, 3, 1] = -0.49 / h        # ... and just not: 1% of the top row
+    locations[1, 2] = 5.0  # far outside: zero
+    expected = reference(value, shapes, locations, weights)
+    got = multi_scale_deformable_attn_gather(value, shapes, locations, weights)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < TOLERANCE
+    assert expected[1, 2].abs().max() == 0 and got[1, 2].abs().max() == 0
+
+
+def test_a_hand_computed_point():
+    """One head, one level 2x2, one point at pixel coordinates (0.25, 0.5): bilinear mix
+    of the four values with weights 0.375, 0.125, 0.375, 0.125, times the attention 2."""
+    value = torch.tensor([1.0, 10.0, 100.0, 1000.0]).view(1, 4, 1, 1)
+    # pixel x = 0.25 -> location (0.25 + 0.5) / 2; pixel y = 0.5 -> (0.5 + 0.5) / 2
+    locations = torch.tensor([0.375, 0.5]).view(1, 1, 1, 1, 1, 2)
+    weights = torch.full((1, 1, 1, 1, 1), 2.0)
+    expected = 2 * (0.375 * 1 + 0.125 * 10 + 0.375 * 100 + 0.125 * 1000)
+    got = multi_scale_deformable_attn_gather(value, torch.tensor([[2, 2]]), locations, weights)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_refuses_shapes_that_do_not_match_the_values():
+    value, shapes, locations, weights = inputs([[4, 4], [2, 2]])
+    with pytest.raises(ValueError, match=r'\[\[4, 4\], \[2, 3\]\] do not match value \(20 keys\)'):
+        multi_scale_deformable_attn_gather(value, [[4, 4], [2, 3]], locations, weights)
+
+
+def test_onnx_graph_has_no_grid_sample_and_onnxruntime_agrees(tmp_path):
+    onnx = pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    value, shapes, locations, weights = inputs([[12, 10], [6, 5], [3, 3]], bs=1, heads=2,
+                                               dims=8, queries=40)
+
+    class Attention(torch.nn.Module):
+        def forward(self, value, locations, weights):
+            return multi_scale_deformable_attn_gather(value, shapes, locations, weights)
+
+    path = str(tmp_path / 'msda.onnx')
+    torch.onnx.export(Attention(), (value, locations, weights), path, opset_version=17,
+                      input_names=['value', 'locations', 'weights'], output_names=['out'],
+                      dynamo=False)
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert 'GridSample' not in ops and 'Gather' in ops
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = session.run(None, dict(value=value.numpy(), locations=locations.numpy(),
+                                 weights=weights.numpy()))[0]
+    expected = reference(value, shapes, locations, weights).numpy()
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize('kind', ['gather', 'grid_sample'])
+def test_export_of_a_whole_model_with_either_kind(kind, synthetic_root, tmp_path, monkeypatch):
+    """Mask2Former's tiny config exported both ways at two shapes (dynamic): the export's own
+    check compares onnxruntime with the PyTorch model (which runs grid_sample); the graph
+    holds GridSample only when asked for."""
+    onnx = pytest.importorskip('onnx')
+    from mmmaps.deployment import export_onnx
+    from tests.conftest import TINY_M2F, init_checkpoints
+    monkeypatch.setenv('MMMAPS_SYNTHETIC_ROOT', synthetic_root)
+    checkpoint = init_checkpoints(dict(m2f=TINY_M2F), tmp_path)['m2f']
+    info = export_onnx(TINY_M2F, checkpoint, str(tmp_path / 'export'), shape=(64, 64),
+                       dynamic=True, deformable_attention=kind, log=lambda *a: None)
+    assert info['deformable_attention'] == kind
+    assert max(max(d.values()) for d in info['verification']['model'].values()) < 1e-3
+    ops = [node.op_type for node in
+           onnx.load(str(tmp_path / 'export' / 'model.onnx')).graph.node]
+    # grid_sample: one per level (3) in each of the pixel decoder's encoder layers
+    assert ops.count('GridSample') == (3 * 2 if kind == 'grid_sample' else 0)
