@@ -34,7 +34,7 @@ def multi_scale_deformable_attn_gather(value: Tensor, value_spatial_shapes,
     bs, num_keys, num_heads, head_dims = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     # shapes stay tensors: a dynamic-shape export computes them from the features
-    shapes = torch.as_tensor(value_spatial_shapes, device=value.device).long()
+    shapes = _as_tensor(value_spatial_shapes, value)
     areas = shapes[:, 0] * shapes[:, 1]
     if not torch.jit.is_tracing() and (len(shapes) != num_levels or
                                        int(areas.sum()) != num_keys):
@@ -74,9 +74,46 @@ def multi_scale_deformable_attn_gather(value: Tensor, value_spatial_shapes,
 
 
 
-#: how an export computes mmcv's deformable attention: ``gather`` (this module) or
-#: ``grid_sample`` (mmcv's own CPU path, one ONNX GridSample per level)
-DEFORMABLE_ATTENTION_KINDS = ('gather', 'grid_sample')
+#: how an export computes mmcv's deformable attention: ``gather`` (this module),
+#: ``grid_sample`` (mmcv's own CPU path, one ONNX GridSample per level) or ``mmdeploy`` (one
+#: node of mmdeploy's TensorRT plugin op per attention layer; onnxruntime cannot run it)
+DEFORMABLE_ATTENTION_KINDS = ('gather', 'grid_sample', 'mmdeploy')
+#: the op mmdeploy's exporter emits for mmcv's MultiScaleDeformableAttnFunction, which its
+#: TensorRT plugin library (``libmmdeploy_tensorrt_ops.so``) implements
+MMDEPLOY_OP = 'mmdeploy::MMCVMultiScaleDeformableAttention'
+MMDEPLOY_IM2COL_STEP = 64
+
+
+class _MMDeployDeformableAttention(torch.autograd.Function):
+    """Traced as one ``mmdeploy::MMCVMultiScaleDeformableAttention`` node with mmdeploy's
+    inputs (value, spatial shapes, level start index, sampling locations, attention
+    weights) and attribute (``im2col_step``). Its forward returns ``result``, the gather
+    version computed outside it (a trace of ops inside a Function's forward breaks the
+    exporter), so the trace knows the output; the node does not read it, and the exporter
+    drops the ops that computed it."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights, result):
+        return result.clone()
+
+    @staticmethod
+    def symbolic(g, value, spatial_shapes, level_start_index, sampling_locations,
+                 attention_weights, result):
+        return g.op(MMDEPLOY_OP, value, spatial_shapes, level_start_index,
+                    sampling_locations, attention_weights, im2col_step_i=MMDEPLOY_IM2COL_STEP)
+
+
+def multi_scale_deformable_attn_mmdeploy(value: Tensor, value_spatial_shapes,
+                                         sampling_locations: Tensor,
+                                         attention_weights: Tensor) -> Tensor:
+    """:func:`multi_scale_deformable_attn_gather`, exported as mmdeploy's plugin op."""
+    shapes = _as_tensor(value_spatial_shapes, value)
+    areas = shapes[:, 0] * shapes[:, 1]
+    result = multi_scale_deformable_attn_gather(value, shapes, sampling_locations,
+                                                attention_weights)
+    return _MMDeployDeformableAttention.apply(value, shapes, torch.cumsum(areas, 0) - areas,
+                                              sampling_locations, attention_weights, result)
 
 
 @contextlib.contextmanager
@@ -87,8 +124,8 @@ def exported_deformable_attention(kind: str):
     mmcv's ``MultiScaleDeformableAttention.forward`` (used by mmdet's pixel decoder and
     Panoptic SegFormer's encoder) calls ``multi_scale_deformable_attn_pytorch`` by its module
     name on the CPU; ``gather`` puts :func:`multi_scale_deformable_attn_gather` there for the
-    duration of the trace, the way mmdeploy rewrites functions for export. Outside the block
-    nothing changes.
+    duration of the trace (``mmdeploy``: :func:`multi_scale_deformable_attn_mmdeploy`), the way
+    mmdeploy rewrites functions for export. Outside the block nothing changes.
     """
     if kind not in DEFORMABLE_ATTENTION_KINDS:
         raise ValueError(f'deformable attention {kind!r}: expected one of '
@@ -98,9 +135,16 @@ def exported_deformable_attention(kind: str):
         return
     from mmcv.ops import multi_scale_deform_attn
     original = multi_scale_deform_attn.multi_scale_deformable_attn_pytorch
-    multi_scale_deform_attn.multi_scale_deformable_attn_pytorch = \
-        multi_scale_deformable_attn_gather
+    multi_scale_deform_attn.multi_scale_deformable_attn_pytorch = (
+        multi_scale_deformable_attn_gather if kind == 'gather' else
+        multi_scale_deformable_attn_mmdeploy)
     try:
         yield
     finally:
         multi_scale_deform_attn.multi_scale_deformable_attn_pytorch = original
+
+
+def _as_tensor(shapes, value: Tensor) -> Tensor:
+    if isinstance(shapes, Tensor):
+        return shapes.long()
+    return torch.tensor(shapes, dtype=torch.long, device=value.device)

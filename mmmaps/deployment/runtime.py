@@ -37,6 +37,7 @@ from ..memory.storage import MemoryBankError
 from ..models.detectors.maps import unnormalized_images
 from ..models.seg_heads.mask_wise_merging_head import MaskWiseMergingFusionHead
 from ..models.utils import add_fusion_results
+from .deformable_attention import MMDEPLOY_OP
 from .errors import DeploymentError, require_onnx
 from .export import CONFIG_PY, MODEL_ONNX, read_export
 
@@ -162,6 +163,13 @@ class ONNXRuntimePanopticModel(BaseModel):
         self.export_dir = osp.abspath(export_dir)
         self.info = read_export(self.export_dir)
         self.family = self.info['family']
+        if self.info.get('deformable_attention') == 'mmdeploy':
+            raise DeploymentError(
+                f'{self.export_dir} was exported for TensorRT (--deformable-attention mmdeploy: '
+                f'its deformable attention is {MMDEPLOY_OP}, a node of mmdeploy\'s TensorRT '
+                'plugin); onnxruntime has no kernel for it. Build a TensorRT engine with '
+                'mmdeploy\'s plugin (docs/en/user_guides/deployment.md, "TensorRT"), or export '
+                'again with --deformable-attention gather to run it here.')
         self.session = _session(osp.join(self.export_dir, MODEL_ONNX), num_threads)
         self.num_threads = num_threads
         self.input_specs = {spec['name']: spec for spec in self.info['inputs']}

@@ -106,3 +106,43 @@ def test_export_of_a_whole_model_with_either_kind(kind, synthetic_root, tmp_path
            onnx.load(str(tmp_path / 'export' / 'model.onnx')).graph.node]
     # grid_sample: one per level (3) in each of the pixel decoder's encoder layers
     assert ops.count('GridSample') == (3 * 2 if kind == 'grid_sample' else 0)
+
+
+def test_mmdeploy_export_is_one_plugin_node_per_layer_and_refused_by_onnxruntime(
+        synthetic_root, tmp_path, monkeypatch):
+    """--deformable-attention mmdeploy: mmdeploy's op (name, inputs, attribute) where each
+    attention layer was; nothing else of the graph changes; the runtime refuses the folder
+    with a message that says what to do, and onnxruntime itself has no kernel for it."""
+    onnx = pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    from mmmaps.deployment import ONNXPanopticPredictor, export_onnx
+    from mmmaps.deployment.errors import DeploymentError
+    from tests.conftest import TINY_M2F, init_checkpoints
+    monkeypatch.setenv('MMMAPS_SYNTHETIC_ROOT', synthetic_root)
+    checkpoint = init_checkpoints(dict(m2f=TINY_M2F), tmp_path)['m2f']
+    graphs = {}
+    for kind in ('mmdeploy', 'gather'):
+        info = export_onnx(TINY_M2F, checkpoint, str(tmp_path / kind), shape=(64, 64),
+                           deformable_attention=kind, log=lambda *a: None)
+        graphs[kind] = onnx.load(str(tmp_path / kind / 'model.onnx')).graph
+    assert info['verification']['model']  # the gather export was verified
+    nodes = [n for n in graphs['mmdeploy'].node
+             if (n.domain, n.op_type) == ('mmdeploy', 'MMCVMultiScaleDeformableAttention')]
+    assert len(nodes) == 2  # the tiny pixel decoder's 2 encoder layers
+    for node in nodes:
+        assert len(node.input) == 5 and len(node.output) == 1
+        assert [(a.name, a.i) for a in node.attribute] == [('im2col_step', 64)]
+    assert not any(n.op_type == 'GridSample' for n in graphs['mmdeploy'].node)
+    # the gather ops that gave the trace its values are not in the graph
+    floors = {kind: sum(n.op_type == 'Floor' for n in g.node) for kind, g in graphs.items()}
+    assert floors['gather'] - floors['mmdeploy'] == 2 * 2  # x and y, 2 layers
+    # the rest of the graph: the convolutions and matmuls of both exports are the same
+    for op in ('Conv', 'MatMul', 'Softmax'):
+        assert sum(n.op_type == op for n in graphs['mmdeploy'].node) == \
+            sum(n.op_type == op for n in graphs['gather'].node)
+    with pytest.raises(DeploymentError, match=r'exported for TensorRT .* onnxruntime has no '
+                                              r'kernel for it.* --deformable-attention gather'):
+        ONNXPanopticPredictor(str(tmp_path / 'mmdeploy'))
+    with pytest.raises(Exception, match='MMCVMultiScaleDeformableAttention'):
+        ort.InferenceSession(str(tmp_path / 'mmdeploy' / 'model.onnx'),
+                             providers=['CPUExecutionProvider'])

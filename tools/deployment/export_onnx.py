@@ -1,7 +1,7 @@
 """Export a trained Mask2Former, MAPS or Panoptic SegFormer to ONNX.
 
     python tools/deployment/export_onnx.py CONFIG CHECKPOINT --out DIR \
-        [--shape H W] [--dynamic] [--opset 17] [--deformable-attention {gather,grid_sample}] \
+        [--shape H W] [--dynamic] [--opset 17] [--deformable-attention KIND] \
         [--force] [--cfg-options k=v ...]
 
 DIR receives ``model.onnx`` (normalised, padded image -> per-query class logits and mask
@@ -12,7 +12,10 @@ checked with onnx's checker and compared with PyTorch in onnxruntime before DIR 
 published (max |difference| <= --tolerance, else nothing is written). Multi-scale
 deformable attention is exported as Gather ops by default (faster in onnxruntime than
 mmcv's GridSample path, and no GridSample for TensorRT); ``--deformable-attention
-grid_sample`` keeps mmcv's path.
+grid_sample`` keeps mmcv's path; ``--deformable-attention mmdeploy`` emits one
+``mmdeploy::MMCVMultiScaleDeformableAttention`` node per attention layer for a TensorRT
+engine built with mmdeploy's plugin (onnxruntime cannot run it: not verified here, and the
+onnxruntime runtime refuses the folder; docs/en/user_guides/deployment.md, "TensorRT").
 
 Run it with ``tools/test.py CONFIG DIR --backend onnxruntime`` or
 ``tools/deployment/onnx_demo.py IMG DIR``. Needs ``pip install -r requirements/deploy.txt``.
@@ -44,8 +47,9 @@ def parse_args(argv=None):
     parser.add_argument('--deformable-attention', choices=DEFORMABLE_ATTENTION_KINDS,
                         default=DEFORMABLE_ATTENTION,
                         help='how the graph computes multi-scale deformable attention: '
-                        'Gather ops or one GridSample per level (mmcv\'s CPU path; default '
-                        f'{DEFORMABLE_ATTENTION})')
+                        'Gather ops, one GridSample per level (mmcv\'s CPU path), or one node '
+                        'of mmdeploy\'s TensorRT plugin op per layer (not runnable by '
+                        f'onnxruntime); default {DEFORMABLE_ATTENTION}')
     parser.add_argument('--force', action='store_true',
                         help='replace DIR if it holds an earlier export')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
