@@ -57,6 +57,7 @@ from mmmaps.deployment.deformable_attention import DEFORMABLE_ATTENTION_KINDS  #
 from mmmaps.deployment.export import (build_model_from_config,  # noqa: E402
                                       max_abs_difference)
 from mmmaps.deployment.graphs import memory_example  # noqa: E402
+from benchmarks.timing import interleaved_seconds  # noqa: E402
 
 CONFIGS = dict(
     tiny=dict(
@@ -69,6 +70,7 @@ CONFIGS = dict(
         panoptic_segformer='configs/panoptic_segformer/'
         'panoptic-segformer_r50_8xb1-24e_coco-panoptic.py'))
 FAMILIES = ('mask2former', 'maps', 'panoptic_segformer')
+RUNNABLE_KINDS = tuple(k for k in DEFORMABLE_ATTENTION_KINDS if k != 'mmdeploy')
 
 
 def cfg_options(cfg) -> dict:
@@ -111,20 +113,6 @@ def graph_inputs(graph, shape, args) -> list:
     return [image, *memory]
 
 
-def timed_interleaved(fns, iters: int, warmup: int):
-    """Seconds of every run of each function, run in turn every iteration."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(iters):
-        for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return times
-
-
 def bench_one(family: str, tier: str, shape, args, tmp: str) -> dict:
     config = osp.join(REPO, CONFIGS[tier][family])
     cfg = Config.fromfile(config)
@@ -164,7 +152,7 @@ def bench_one(family: str, tier: str, shape, args, tmp: str) -> dict:
     runs = [run_torch] + [functools.partial(session.run, output_names, feed)
                           for session in sessions.values()]
     reference = run_torch()
-    times = timed_interleaved(runs, args.iters, args.warmup)
+    times = interleaved_seconds(runs, args.iters, args.warmup)
     m_torch = statistics.median(times[0])
     row = dict(family=family, size=tier, config=CONFIGS[tier][family], shape=list(shape),
                cfg_options=options, export_seconds=export_s,
@@ -207,9 +195,10 @@ def main(argv=None):
     parser.add_argument('--tiny-size', type=int, default=128)
     parser.add_argument('--r50-size', type=int, nargs='+', default=[384], metavar='S',
                         help='R50 input: S (square) or H W (e.g. 800 1344, a multiple of 32)')
-    parser.add_argument('--deformable-attention', nargs='+', choices=DEFORMABLE_ATTENTION_KINDS,
-                        default=list(DEFORMABLE_ATTENTION_KINDS),
-                        help='export each of these and time them side by side')
+    parser.add_argument('--deformable-attention', nargs='+', choices=RUNNABLE_KINDS,
+                        default=list(RUNNABLE_KINDS),
+                        help='export each of these and time them side by side (not mmdeploy: '
+                        'onnxruntime has no kernel for its op)')
     parser.add_argument('--threads', type=int, default=1,
                         help='torch.set_num_threads and onnxruntime intra_op_num_threads')
     parser.add_argument('--iters', type=int, default=5)

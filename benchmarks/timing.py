@@ -15,3 +15,18 @@ def median_seconds(fn, reps, sync=lambda: None):
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_seconds(fns, iters, warmup):
+    """Wall seconds of every timed run of each function in ``fns``, the functions taking
+    turns within each iteration so that drift in the machine's speed hits all alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(iters):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return times

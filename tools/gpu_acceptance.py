@@ -19,6 +19,12 @@ traceback and the others still run):
   ratios with the query keys from the caches and with the CLIP key encoder on the fly.
 - ``retrieval``: 100k keys, HNSW (CPU, the project's default index) ms/query and recall@5
   against exact search; faiss-gpu Flat when faiss has GPU support (said either way).
+- ``deployment``: each family (random init) exported with ``export_onnx`` (Gather deformable
+  attention) at 800x1344, then the same network in onnxruntime (every execution provider the
+  installed build has; PyPI's CPU build in the wheel set), in PyTorch on the GPU (fp32) and in
+  PyTorch on the CPU with as many threads: ms/image and max |difference|. Needs onnx (torch's
+  exporter imports it) and onnxruntime; skipped, and said so, without them: they do not fit
+  in the GPU machine's wheel set (35 + 35 MiB > the 64 MiB a device call carries).
 - ``ddp``: a 2-process DDP training step through tools/dist_train.sh when 2+ GPUs are
   visible (skipped, and said so, otherwise).
 
@@ -48,7 +54,8 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-SECTIONS = ('environment', 'msda', 'memory_build', 'models', 'retrieval', 'ddp')
+SECTIONS = ('environment', 'msda', 'memory_build', 'models', 'retrieval', 'deployment',
+            'ddp')
 
 # Paper-size runs on the GPU; tiny ones for --dry-run. Every number the report states comes
 # from these two tables.
@@ -61,14 +68,16 @@ SIZES = dict(
                   panoptic_segformer='configs/panoptic_segformer/'
                   'panoptic-segformer_r50_8xb1-24e_coco-panoptic.py'),
               msda=dict(batch=2, heads=8, head_dim=32, levels=((128, 128), (64, 64), (32, 32)),
-                        points=4)),
+                        points=4),
+              deploy=dict(shape=(800, 1344), warmup=1, reps=3, object_slots=80)),
     dry=dict(train_images=6, train_size=(128, 128), val_images=3, val_size=(96, 160),
              batch=2, warmup=1, steps=1, infer_images=2, keys=2000, key_dim=64, queries=50,
              configs=dict(
                  mask2former='configs/mask2former/mask2former_r18_synthetic-panoptic.py',
                  maps='configs/maps/maps_r18_synthetic-panoptic.py',
                  panoptic_segformer='configs/panoptic_segformer/panoptic-segformer_r18_synthetic.py'),
-             msda=dict(batch=1, heads=2, head_dim=8, levels=((8, 8), (4, 4)), points=2)),
+             msda=dict(batch=1, heads=2, head_dim=8, levels=((8, 8), (4, 4)), points=2),
+             deploy=dict(shape=(96, 160), warmup=0, reps=1, object_slots=8)),
 )
 # anchors the report puts next to the measurements
 ANCHORS = {
@@ -533,6 +542,129 @@ def retrieval(ctx) -> dict:
                 recall_reference=f'exact top-5 by matrix product on {device.type}')
 
 
+# --------------------------------------------------------------------------- deployment
+DEPLOY_TOLERANCE = 0.05  # random weights: the masked attention's 0-threshold flips on 1e-6
+
+
+def _deploy_options(cfg) -> dict:
+    """Random init offline: no backbone download, no CLIP weights file."""
+    options = {'model.backbone.init_cfg': None}
+    for name in ('key_encoder', 'dense_encoder'):
+        if ((cfg.get('memory') or {}).get(name) or {}).get('pretrained') is not None:
+            options[f'memory.{name}.pretrained'] = None
+    return options
+
+
+def deployment(ctx):
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as err:
+        return (f'skipped: {err.name} is not installed here. torch\'s ONNX exporter needs onnx '
+                'and the run needs onnxruntime (18 + 17 MiB as python 3.12 wheels), which do not '
+                'fit in the 64 MiB a device call carries next to the wheel set (35 MiB)')
+    from mmengine.config import Config
+
+    from mmmaps.deployment import Mask2FormerGraph, PanopticSegFormerGraph, export_onnx
+    from mmmaps.deployment.export import build_model_from_config, max_abs_difference
+    from mmmaps.deployment.graphs import memory_example
+
+    from benchmarks.timing import interleaved_seconds
+    size = ctx.sizes['deploy']
+    height, width = size['shape']
+    threads = torch.get_num_threads()
+    device = _device()
+    providers = [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider')
+                 if p in ort.get_available_providers()]
+    rows = []
+    for family, config in ctx.sizes['configs'].items():
+        config = osp.join(REPO, config)
+        cfg = Config.fromfile(config)
+        options = _deploy_options(cfg)
+        cfg.merge_from_dict(options)
+        torch.manual_seed(0)
+        model = build_model_from_config(cfg)
+        model.init_weights()
+        model.eval()
+        folder = osp.join(ctx.work, 'deployment', family)
+        os.makedirs(folder, exist_ok=True)
+        checkpoint = osp.join(folder, 'init.pth')
+        torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
+        start = time.perf_counter()
+        info = export_onnx(config, checkpoint, osp.join(folder, 'export'), shape=(height, width),
+                           force=True, cfg_options=options, tolerance=DEPLOY_TOLERANCE,
+                           deformable_attention='gather', log=lambda msg: None)
+        export_s = time.perf_counter() - start
+        graph = (PanopticSegFormerGraph(model, with_stuff=model._with_stuff)
+                 if family == 'panoptic_segformer' else Mask2FormerGraph(model)).eval()
+        generator = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(1, 3, height, width, generator=generator)]
+        if family == 'panoptic_segformer':
+            inputs.append(torch.tensor([[height, width]]))
+        elif graph.is_maps:
+            inputs += memory_example(graph, 1, info['memory']['k'], size['object_slots'],
+                                     generator)
+        names = [o['name'] for o in info['outputs']]
+        feed = {n: t.numpy() for n, t in zip(graph.input_names, inputs)}
+        runs = {}
+        for provider in providers:
+            options_ = ort.SessionOptions()
+            options_.intra_op_num_threads = threads
+            options_.log_severity_level = 3
+            session = ort.InferenceSession(osp.join(folder, 'export', 'model.onnx'), options_,
+                                           providers=[provider])
+            runs[f'onnxruntime {provider[:-len("ExecutionProvider")]}'] = (
+                lambda session=session: session.run(names, feed))
+
+        def torch_on(where):
+            moved = [t.to(where) for t in inputs]
+            net = graph.to(where)
+
+            def run():
+                with torch.no_grad():
+                    out = net(*moved)
+                if where.type == 'cuda':
+                    torch.cuda.synchronize()
+                return out
+            return run
+        runs['PyTorch CPU'] = torch_on(torch.device('cpu'))
+        reference = runs['PyTorch CPU']()
+        outputs = {name: fn() for name, fn in runs.items()}
+        ms = {name: 1000 * statistics.median(t) for name, t in zip(
+            runs, interleaved_seconds(list(runs.values()), size['reps'], size['warmup']))}
+        if device.type == 'cuda':  # after the CPU runs: the graph moves to the GPU
+            gpu = torch_on(device)
+            outputs['PyTorch GPU'] = gpu()
+            ms['PyTorch GPU'] = 1000 * statistics.median(_timed(gpu, size['warmup'],
+                                                                size['reps']))
+        checked = info['verification']['model'].values()
+        row = {'family': family, 'export s': round(export_s, 1),
+               'export check max |diff|': f'{max(max(d.values()) for d in checked):.1e}'}
+        for name, value in ms.items():
+            row[f'{name} ms/img'] = round(value, 1)
+            if name != 'PyTorch CPU':
+                diff = max(max_abs_difference(ref, _as_numpy(out), f'{name} {n}')
+                           for ref, out, n in zip(reference, outputs[name], names))
+                row[f'{name} max |diff|'] = f'{diff:.1e}'
+        rows.append(row)
+        graph.cpu()
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+    result = dict(rows=rows, input=f'{height}x{width}, batch 1, fp32, random init',
+                  threads=f'{threads} (torch.get_num_threads; onnxruntime intra-op)',
+                  deformable_attention='gather', onnx=onnx.__version__,
+                  onnxruntime=f'{ort.__version__}, providers {providers}',
+                  max_diff='against PyTorch on the CPU')
+    if 'CUDAExecutionProvider' not in providers:
+        result['note'] = ('this onnxruntime has no CUDA provider (PyPI\'s onnxruntime-gpu 1.23 '
+                          'is a CUDA 12 build; there is none for CUDA 13 on PyPI)')
+    return result
+
+
+def _as_numpy(output) -> np.ndarray:
+    return output if isinstance(output, np.ndarray) else output.detach().cpu().numpy()
+
+
 # --------------------------------------------------------------------------- ddp
 def ddp(ctx):
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -572,7 +704,8 @@ def main(argv=None):
                           work=work, memory_root=None)
     report = Report(args.out, args.dry_run)
     functions = dict(environment=environment, msda=msda, memory_build=memory_build,
-                     models=models, retrieval=retrieval, ddp=ddp)
+                     models=models, retrieval=retrieval, deployment=deployment,
+                     ddp=ddp)
     failed = False
     for name in SECTIONS:
         if args.only and name not in args.only:

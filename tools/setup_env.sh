@@ -126,6 +126,45 @@ STAMP_FILE=$VENV/.mmmaps-stamp
 STAMP=$(stamp_of "$BUILD_REQ" "$REQ/mminstall.txt" "$REQ/runtime.txt" "$REQ/numpy2-nodeps.txt" \
   "$REQ/numpy2-extra.txt" "$ROOT/tools/build_mmcv.sh")
 
+# faiss with GPU search for the CUDA flavour. PyPI has faiss-gpu-cu12 and no CUDA 13 build;
+# it brings its own CUDA 12 runtime libraries (nvidia-*-cu12 wheels), which a CUDA 13 driver
+# also runs. It is kept only if, in one process with torch, a search on the GPU returns what
+# the same search on the CPU does; otherwise faiss-cpu, and the message says why.
+install_faiss_gpu() {
+  local torch_cuda
+  torch_cuda=$("$PY" -c "import torch; print(torch.version.cuda)")
+  step "faiss-gpu-cu12 (torch built with CUDA $torch_cuda)"
+  if run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" faiss-gpu-cu12 \
+     && run_logged "$PY" - <<'EOF'
+import torch  # first, as in mmmaps: torch's CUDA runtime and faiss's side by side
+import faiss
+import numpy as np
+assert faiss.get_num_gpus() > 0, 'faiss sees no GPU'
+rng = np.random.default_rng(0)
+keys = rng.standard_normal((2000, 64)).astype('float32')
+queries = keys[:50] + 0.01 * rng.standard_normal((50, 64)).astype('float32')
+cpu = faiss.IndexFlatIP(64)
+cpu.add(keys)
+gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, faiss.IndexFlatIP(64))
+gpu.add(keys)
+assert (cpu.search(queries, 5)[1] == gpu.search(queries, 5)[1]).all(), \
+    'the GPU search differs from the CPU search'
+assert float(torch.ones(4, device='cuda').sum()) == 4.0
+print('faiss', faiss.__version__, 'on', faiss.get_num_gpus(), 'GPU(s): its GPU search agrees '
+      'with the CPU search, next to torch', torch.__version__)
+EOF
+  then
+    sed 's/^/    /' "$LOG"
+  else
+    echo "    faiss-gpu-cu12 does not work with this torch (CUDA $torch_cuda) here; installing" \
+         "faiss-cpu instead: memory retrieval runs on the CPU (the default HNSW index is a" \
+         "CPU index anyway). Why (from $LOG):"
+    tail -5 "$LOG" | sed 's/^/      /'
+    "${PIP[@]}" uninstall -y faiss-gpu-cu12 >/dev/null 2>&1 || true
+    run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" faiss-cpu
+  fi
+}
+
 # --- 1. virtual environment ---------------------------------------------------
 step "virtual environment ($VENV)"
 if [[ ! -x $VENV/bin/python ]]; then
@@ -200,11 +239,7 @@ else
   if [[ $FLAVOUR == cuda ]]; then
     RUNTIME=$(echo "$RUNTIME" | grep -v '^faiss-cpu')
     run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" $RUNTIME
-    step "faiss-gpu (falls back to faiss-cpu)"
-    if ! run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" faiss-gpu-cu12; then
-      echo "    faiss-gpu-cu12 failed to install; using faiss-cpu"
-      run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" faiss-cpu
-    fi
+    install_faiss_gpu
   else
     run_logged "${PIP[@]}" install "${CONSTRAINTS[@]}" $RUNTIME
   fi

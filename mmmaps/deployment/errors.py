@@ -13,10 +13,10 @@ class DeploymentError(ValueError):
 
 
 
-def require_onnx(what: str) -> None:
-    """Raise ImportError naming the install command when onnx/onnxruntime are missing."""
+def require_onnx(what: str, modules=('onnx', 'onnxruntime')) -> None:
+    """Raise ImportError naming the install command when one of ``modules`` is missing."""
     missing = []
-    for module in ('onnx', 'onnxruntime'):
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError:

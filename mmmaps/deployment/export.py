@@ -142,9 +142,12 @@ def _export(module: torch.nn.Module, args: tuple, path: str, input_names: List[s
             # tracing mmdet/mmcv code warns about every python int it reads from a shape
             warnings.simplefilter('ignore')
             with torch.no_grad():
+                # the TorchScript exporter: from torch 2.9 the default is the torch.export
+                # one, which ignores dynamic_axes and the deformable attention's symbolic
                 torch.onnx.export(module, args, path, opset_version=opset,
                                   input_names=input_names, output_names=output_names,
-                                  dynamic_axes=dynamic_axes, do_constant_folding=True)
+                                  dynamic_axes=dynamic_axes, do_constant_folding=True,
+                                  dynamo=False)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     import onnx

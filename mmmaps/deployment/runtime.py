@@ -158,7 +158,7 @@ class ONNXRuntimePanopticModel(BaseModel):
     def __init__(self, export_dir: str, data_preprocessor: dict,
                  panoptic_fusion_head: dict, test_cfg: Optional[dict] = None,
                  num_threads: Optional[int] = None, init_cfg=None):
-        require_onnx('running an ONNX export')
+        require_onnx('running an ONNX export', modules=('onnxruntime', ))
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.export_dir = osp.abspath(export_dir)
         self.info = read_export(self.export_dir)

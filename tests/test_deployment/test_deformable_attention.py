@@ -1,10 +1,16 @@
 """The gather-based deformable attention (mmmaps.deployment.deformable_attention) against
 mmcv's own PyTorch implementation (F.grid_sample), in PyTorch and through onnxruntime."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from mmmaps.deployment.deformable_attention import multi_scale_deformable_attn_gather
+from tests.conftest import REPO_ROOT
+from tests.test_deployment.conftest import tool_env
 
 TOLERANCE = 1e-5  # fp32: the two sum the same products in another order
 
@@ -146,3 +152,54 @@ def test_mmdeploy_export_is_one_plugin_node_per_layer_and_refused_by_onnxruntime
     with pytest.raises(Exception, match='MMCVMultiScaleDeformableAttention'):
         ort.InferenceSession(str(tmp_path / 'mmdeploy' / 'model.onnx'),
                              providers=['CPUExecutionProvider'])
+
+
+def test_running_an_export_needs_onnxruntime_only(synthetic_root, val_image, tmp_path,
+                                                  monkeypatch):
+    """Making an export needs onnx (torch's exporter imports it); running one needs only
+    onnxruntime: in a process where ``import onnx`` fails, the predictor gives the same
+    panoptic map as in this process."""
+    pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    from mmmaps.deployment import ONNXPanopticPredictor, export_onnx
+    from tests.conftest import TINY_M2F, init_checkpoints
+    monkeypatch.setenv('MMMAPS_SYNTHETIC_ROOT', synthetic_root)
+    checkpoint = init_checkpoints(dict(m2f=TINY_M2F), tmp_path)['m2f']
+    export = str(tmp_path / 'export')
+    export_onnx(TINY_M2F, checkpoint, export, shape=(128, 128), log=lambda *a: None)
+    expected = ONNXPanopticPredictor(export, num_threads=1)(val_image).pred_panoptic_seg.sem_seg
+    out = tmp_path / 'pan.npy'
+    script = f'''
+import sys
+sys.modules['onnx'] = None  # import onnx fails, as where it is not installed
+import numpy as np
+from mmmaps.deployment import ONNXPanopticPredictor
+sample = ONNXPanopticPredictor({export!r}, num_threads=1)({val_image!r})
+np.save({str(out)!r}, sample.pred_panoptic_seg.sem_seg.numpy())
+'''
+    proc = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT,
+                          env=tool_env(synthetic_root), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(out), expected.numpy())
+
+
+def test_onnx_speed_benchmark_runs_with_its_defaults(synthetic_root, tmp_path):
+    """benchmarks/onnx_speed.py as documented, on the tiny Mask2Former at 64x64: every
+    runnable deformable-attention kind timed (mmdeploy is not: onnxruntime cannot run it),
+    each export's outputs equal to PyTorch's."""
+    pytest.importorskip('onnxruntime')
+    out = tmp_path / 'speed.json'
+    proc = subprocess.run(
+        [sys.executable, 'benchmarks/onnx_speed.py', '--sizes', 'tiny', '--tiny-size', '64',
+         '--families', 'mask2former', '--iters', '1', '--warmup', '0', '--out', str(out)],
+        cwd=REPO_ROOT, env=tool_env(synthetic_root),
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    with open(out) as f:
+        rows = json.load(f)['rows']
+    assert [r['family'] for r in rows] == ['mask2former']
+    assert sorted(rows[0]['ort']) == ['gather', 'grid_sample']
+    for result in rows[0]['ort'].values():
+        assert result['images_per_s'] > 0
+        assert max(result['max_abs_difference'].values()) < 1e-3

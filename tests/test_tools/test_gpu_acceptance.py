@@ -24,7 +24,7 @@ def test_gpu_acceptance_dry_run(tmp_path):
     assert report['dry_run'] is True
     status = {name: entry['status'] for name, entry in sections.items()}
     assert status == dict(environment='ok', msda='ok', memory_build='ok', models='ok',
-                          retrieval='ok', ddp='skipped'), status
+                          retrieval='ok', deployment='ok', ddp='skipped'), status
     # the bf16 PyTorch path agrees with the float32 one to bf16 precision (an autocast or
     # dtype bug in the harness shows up as an error row or an O(1) difference)
     bf16 = [r for r in sections['msda']['result']['rows'] if r['dtype'] == 'bfloat16 autocast']
@@ -43,6 +43,13 @@ def test_gpu_acceptance_dry_run(tmp_path):
     hnsw = sections['retrieval']['result']['rows'][0]
     assert hnsw['index'].startswith('HNSW') and hnsw['recall@5'] >= 0.95
     assert 'no faiss-gpu row' in sections['retrieval']['result']['faiss_gpu']
+    # each family exported and run in onnxruntime: the same outputs as PyTorch on the CPU
+    # (a wrong graph or wrong feed order is far over 1e-3), both timed
+    deploy = {r['family']: r for r in sections['deployment']['result']['rows']}
+    assert set(deploy) == {'mask2former', 'maps', 'panoptic_segformer'}
+    for row in deploy.values():
+        assert row['onnxruntime CPU ms/img'] > 0 and row['PyTorch CPU ms/img'] > 0, row
+        assert float(row['onnxruntime CPU max |diff|']) < 1e-3, row
     markdown = (out / 'gpu_acceptance.md').read_text()
     assert '## models: ok' in markdown and '| maps, keys from the model input |' in markdown
 
