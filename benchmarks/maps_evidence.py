@@ -50,8 +50,10 @@ import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noq
 import argparse
 import json
 import os.path as osp
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Optional
 
 from benchmarks.runs import (ROOT, interval95, publish, run, schedule, stamped_test,
                              stamped_training, validation_curve, write_images,
@@ -60,6 +62,10 @@ from benchmarks.runs import (ROOT, interval95, publish, run, schedule, stamped_t
 MASK2FORMER = 'configs/mask2former/mask2former_r18_synthetic-panoptic.py'
 MAPS = 'configs/maps/maps_r18_synthetic-panoptic_standin-clip.py'
 FULL_SIZE = 400
+PLATEAU_PQ = 1.0  # PQ points: within this of the best validation counts as plateaued
+# the regime: the smallest labelled-set size whose mean PQ_th is at least REGIME_GAP below
+# the 400-label model's and at least REGIME_FLOOR of it (clearly label-limited, not collapsed)
+REGIME_GAP, REGIME_FLOOR = 5.0, 0.5
 MEMORY_OFF = ('model.panoptic_head.use_scene_memory=False',
               'model.panoptic_head.use_object_memory=False')
 SHUFFLED = ('memory.retrieval.wrong_memory_prob=1.0', 'memory.retrieval.wrong_memory_at_test=True')
@@ -73,8 +79,13 @@ MAPS_ARMS = {
     # the capacity control: the same memory layers attending to learned tokens (k scene
     # tokens, max_objects object tokens of the tiny configs), no retrieval
     'learned_tokens': ('model.panoptic_head.learned_memory=(5,40)',),
+    # the headroom: plain MAPS reading the oracle memory (oracle_memory) instead of its own
+    'oracle': (),
 }
 RETRIEVING_ARMS = ('maps', 'maps_shuffled', 'maps_wrong50', 'maps_whole_masking')
+# the arms phase's default: the controls and the headroom next to MAPS (the robustness
+# variants maps_wrong50 / maps_whole_masking run when named with --arms)
+CORE_ARMS = ('learned_tokens', 'maps_shuffled', 'maps', 'oracle')
 
 
 def parse_args(argv=None):
@@ -86,8 +97,9 @@ def parse_args(argv=None):
     parser.add_argument('--sizes', type=int, nargs='+', default=[10, 20, 50, 400])
     parser.add_argument('--size', type=int, help='the labelled-set size of the arms')
     parser.add_argument('--arms', nargs='+', choices=sorted(MAPS_ARMS),
-                        help='the MAPS arms to train and test (arms: all; counterfactual: '
-                        'maps; Mask2Former is always the reference of the arms phase)')
+                        help='the MAPS arms to train and test (arms: '
+                        f'{" ".join(CORE_ARMS)}; counterfactual: maps; Mask2Former is always '
+                        'the reference of the arms phase)')
     parser.add_argument('--maps-config', default=MAPS)
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--jobs', type=int, default=2, help='trainings run at once')
@@ -130,7 +142,25 @@ def plateau(args):
         lines.append(f'| {step} | ' + ' | '.join(
             '-' if s[c] is None else f'{s[c]:.1f}' for c in
             ('PQ', 'PQ_th', 'PQ_st', 'AP', 'mIoU')) + ' |')
-    return dict(curve={str(k): v for k, v in curve.items()}, seconds=seconds), '\n'.join(lines)
+    iters = plateau_schedule({k: v['PQ'] for k, v in curve.items()},
+                             args.plateau_iters * 85 // 100)
+    lines += ['', f'Schedule (the first validation before the lr step within {PLATEAU_PQ} PQ '
+              f'of the best before it): **{iters} iterations**.']
+    return (dict(curve={str(k): v for k, v in curve.items()}, seconds=seconds,
+                 schedule=iters), '\n'.join(lines))
+
+
+def plateau_schedule(pq: Dict[int, float], lr_step: int) -> int:
+    """The schedule of the other phases, from the plateau run's {iteration: PQ}: the first
+    validation before the lr step whose PQ is within :data:`PLATEAU_PQ` of the best PQ
+    before the step (the step itself adds the same late gain to any schedule, since each
+    run steps at 85 % of its own length)."""
+    before = {step: value for step, value in pq.items() if step <= lr_step}
+    if len(before) < 2:
+        raise ValueError(f'{len(before)} validations before the lr step at {lr_step}: need '
+                         'two or more to see a plateau (lower --val-every)')
+    best = max(before.values())
+    return min(step for step, value in before.items() if value >= best - PLATEAU_PQ)
 
 
 def curve(args):
@@ -159,7 +189,30 @@ def curve(args):
              '|---|---|' + '---|' * len(columns)]
     for size, seed, s in records:
         lines.append(f'| {size} | {seed} | ' + ' | '.join(f'{s[c]:.1f}' for c in columns) + ' |')
-    return dict(runs=[dict(size=a, seed=b, result=c) for a, b, c in records]), '\n'.join(lines)
+    means = {size: statistics.mean(r['PQ_th'] for z, _, r in records if z == size)
+             for size in args.sizes}
+    lines += ['', '| labelled | mean PQ_th | seeds |', '|---|---|---|']
+    lines += [f'| {size} | {m:.1f} | {sum(z == size for z, _, _ in records)} |'
+              for size, m in sorted(means.items())]
+    size = regime_size(means)
+    lines += ['', f'Regime (the smallest size with mean PQ_th at least {REGIME_GAP:g} below '
+              f'the {FULL_SIZE}-label model\'s and at least {REGIME_FLOOR:.0%} of it): '
+              + (f'**{size} labelled images**.' if size else '**none** of these sizes.')]
+    return (dict(runs=[dict(size=a, seed=b, result=c) for a, b, c in records],
+                 mean_pq_th={str(k): v for k, v in means.items()}, regime_size=size),
+            '\n'.join(lines))
+
+
+def regime_size(mean_pq_th: Dict[int, float]) -> Optional[int]:
+    """The arms' labelled-set size from the curve's {size: mean PQ_th} (None: no size is
+    both clearly below the full set and not collapsed)."""
+    if FULL_SIZE not in mean_pq_th:
+        raise ValueError(f'the curve needs the {FULL_SIZE}-label model (--sizes ... '
+                         f'{FULL_SIZE})')
+    full = mean_pq_th[FULL_SIZE]
+    fits = [size for size, value in mean_pq_th.items()
+            if size < FULL_SIZE and full - value >= REGIME_GAP and value >= REGIME_FLOOR * full]
+    return min(fits) if fits else None
 
 
 def scene_subsets(args, ann):
@@ -225,24 +278,93 @@ def look_alike_flips(prefix, gt_ann, gt_folder):
     return flipped / max(same + flipped, 1)
 
 
-def seed_inputs(args, seed):
-    """Seed ``seed``'s labelled annotation file and the memory of those images: written
-    once per seed, before any of its trainings run (parallel arms of a seed share them)."""
+def oracle_memory(memory: str, ann: str, dst: str, seed: int = 0) -> str:
+    """Write (once) at ``dst`` a copy of the memory ``memory`` whose scene values are one
+    fixed vector per true scene type: the headroom arm's memory.
+
+    The scene type of each entry is the generator's ``scene`` of its image in ``ann``. Keys,
+    index, content identities, the object bank and the query cache are the memory's own, so
+    retrieval is unchanged (the stand-in retrieves the query's scene type for 99.8 % of the
+    val neighbours) and what it hands over is exactly the scene type. The vectors are random
+    Gaussian directions (``seed``; scene types in sorted order; near-orthogonal at 192-d)
+    scaled to the bank's mean value norm, so the memory's value projection sees values of
+    the usual size. ``dst`` should name the source (its scene manifest's sha256) so that a
+    rebuilt source gets a new oracle. Retrieval searches the labelled subset's memory: where
+    a scene type has fewer than k other images there, some of the k retrieved are of another
+    type, for MAPS and for the oracle alike."""
+    import shutil
+
+    import numpy as np
+    from mmmaps.memory.bank import BankWriter, MemoryBank
+    from mmmaps.memory.storage import atomic_directory
+
+    if osp.isfile(osp.join(dst, 'manifest.json')):
+        return osp.abspath(dst)
+    with open(osp.join(memory, 'manifest.json')) as f:
+        banks = json.load(f)['banks']
+    scene = MemoryBank.load(osp.join(memory, banks['scene']))
+    with open(ann) as f:
+        scene_of = {im['id']: im.get('scene') for im in json.load(f)['images']}
+    ids = [int(i) for i in scene.image_ids]
+    unknown = [i for i in ids if scene_of.get(i) is None]
+    if unknown:
+        raise ValueError(f'{ann} gives no scene type for {len(unknown)} images of the memory '
+                         f'{memory} (e.g. ids {unknown[:3]}); the oracle needs the generator\'s '
+                         '"scene" of every image')
+    types = sorted({scene_of[i] for i in ids})
+    directions = np.random.default_rng(seed).standard_normal((len(types), scene.value_dim))
+    norm = float(np.linalg.norm(np.asarray(scene.values, np.float64), axis=1).mean())
+    vectors = {t: norm * d / np.linalg.norm(d) for t, d in zip(types, directions)}
+    with atomic_directory(dst) as tmp:
+        for name in os.listdir(memory):
+            if name != banks['scene'] and not name.startswith('.'):
+                copy = shutil.copytree if osp.isdir(osp.join(memory, name)) else shutil.copy2
+                copy(osp.join(memory, name), osp.join(tmp, name))
+        writer = BankWriter(osp.join(tmp, banks['scene']), 'scene', scene.key_dim,
+                            scene.value_dim, scene.manifest['value_dtype'],
+                            scene.manifest['index'], atomic=False)
+        writer.add(np.asarray(scene.keys), np.stack([vectors[scene_of[i]] for i in ids]),
+                   np.diff(scene.offsets), ids, np.asarray(scene.identities),
+                   scene.file_names)
+        writer.commit(dict(source=scene.manifest['source'],
+                           key_encoder=scene.manifest['key_encoder'],
+                           value_encoder=dict(type='SceneTypeOracle', scene_types=types,
+                                              seed=seed, annotation=osp.abspath(ann),
+                                              of=scene.manifest_sha256)))
+    return osp.abspath(dst)
+
+
+def seed_inputs(args, seed, oracle=False):
+    """Seed ``seed``'s labelled annotation file, the memory of those images and (with
+    ``oracle``) its oracle memory: written once per seed, before any of its trainings run
+    (parallel arms of a seed share them)."""
+    from mmmaps.memory.bank import MemoryBank
+
     ann = labelled_subset(args, args.size, seed)
-    return ann, build_memory(args, ann, osp.join(args.work_dir, 'memory',
-                                                 f'n{args.size}_seed{seed}'))
+    memory = build_memory(args, ann, osp.join(args.work_dir, 'memory',
+                                              f'n{args.size}_seed{seed}'))
+    oracle_root = None
+    if oracle:
+        with open(osp.join(memory, 'manifest.json')) as f:
+            scene = MemoryBank.load(osp.join(memory, json.load(f)['banks']['scene']))
+        oracle_root = oracle_memory(memory, ann, osp.join(
+            args.work_dir, 'memory', f'n{args.size}_seed{seed}_oracle_'
+            f'{scene.manifest_sha256[:12]}'))
+    return ann, memory, oracle_root
 
 
-def arm_run(args, arm, seed, ann, memory):
+def arm_run(args, arm, seed, ann, memory, oracle=None):
     """Train (stamped) arm ``arm`` of seed ``seed`` on ``ann`` (MAPS arms: with the memory
-    ``memory``); (work dir, config, test options)."""
+    ``memory``, the oracle arm with ``oracle``); (work dir, config, test options)."""
     work = osp.join(args.work_dir, f'iters{args.iters}', f'{arm}_n{args.size}_seed{seed}')
     common = [f'randomness.seed={seed}']
     if arm == 'mask2former':
         config, arm_options = MASK2FORMER, []
     else:
         config, arm_options = args.maps_config, list(MAPS_ARMS[arm])
-        common.append(f'memory.root={memory}')
+        if arm == 'oracle' and not oracle:
+            raise ValueError('the oracle arm needs its oracle memory (seed_inputs(oracle=True))')
+        common.append(f'memory.root={oracle if arm == "oracle" else memory}')
     stamped_training(work, config, schedule(args.iters) + common + arm_options + [
         f'train_dataloader.dataset.ann_file={ann}'])
     # tests read the arm's options, except the training-only wrong memory
@@ -274,7 +396,7 @@ def arms(args):
     """Each arm and Mask2Former on the same seeds and subsets; paired differences."""
     if not (args.iters and args.size):
         raise SystemExit('maps_evidence.py arms: give --iters and --size')
-    names = ['mask2former'] + list(args.arms or MAPS_ARMS)
+    names = ['mask2former'] + list(args.arms or CORE_ARMS)
     jobs = [(arm, seed) for seed in args.seeds for arm in names]
 
     def one(job):
@@ -285,7 +407,7 @@ def arms(args):
               f'flips {result["look_alike_flips"]:.1f} %', flush=True)
         return job, result
 
-    inputs = {seed: seed_inputs(args, seed) for seed in args.seeds}
+    inputs = {seed: seed_inputs(args, seed, oracle='oracle' in names) for seed in args.seeds}
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(pool.map(one, jobs))
     columns = ('PQ', 'PQ_th', 'look_alike_flips')
@@ -326,7 +448,7 @@ def counterfactual(args):
         raise SystemExit(f'maps_evidence.py counterfactual: {bad} retrieve nothing')
     rows = []
     for seed in args.seeds:
-        ann, memory = seed_inputs(args, seed)
+        ann, memory, _ = seed_inputs(args, seed)
         tag = f'n{args.size}_seed{seed}'
         tests = {'own memory': ((), (), categories_in(ann)),
                  'memory off': (MEMORY_OFF, (), None),

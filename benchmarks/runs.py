@@ -109,8 +109,9 @@ def stamped_test(work: str, name: str, config: str, options: Sequence[str],
     if options:
         cmd += ['--cfg-options', *options]
     run(cmd, osp.join(work, f'{name}.log'), threads=1)
-    with open(stamp_file, 'w') as f:
+    with open(stamp_file + '.tmp', 'w') as f:
         json.dump(stamp, f)
+    os.replace(stamp_file + '.tmp', stamp_file)
     return summary(osp.join(out, 'metrics.json'))
 
 

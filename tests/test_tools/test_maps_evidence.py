@@ -1,0 +1,156 @@
+"""benchmarks/maps_evidence.py: the oracle memory (the headroom arm) and the look-alike flip
+rate, against references computed here (FAISS flat search on the source keys, the
+annotation's scene types, hand-counted pixels)."""
+import json
+import os
+import os.path as osp
+
+import faiss
+import numpy as np
+import pytest
+from PIL import Image
+
+from ..conftest import load_tool, tree_sha256
+
+
+@pytest.fixture(scope='module')
+def evidence():
+    return load_tool('benchmarks/maps_evidence.py')
+
+
+def _bank_arrays(folder):
+    return {name: np.load(osp.join(folder, f'{name}.npy'))
+            for name in ('keys', 'image_ids', 'image_sha256', 'offsets')}
+
+
+def _values(folder):
+    with open(osp.join(folder, 'manifest.json')) as f:
+        manifest = json.load(f)
+    return np.fromfile(osp.join(folder, 'values.bin'), dtype=manifest['value_dtype']).reshape(
+        manifest['num_values'], manifest['value_dim']).astype(np.float64)
+
+
+def test_oracle_memory_holds_one_vector_per_true_scene_type(evidence, synthetic_root,
+                                                           synthetic_memory, tmp_path):
+    from mmmaps.memory.memory_root import MemoryRoot
+
+    ann = osp.join(synthetic_root, 'annotations', 'panoptic_train.json')
+    with open(ann) as f:
+        scene_of = {im['id']: im['scene'] for im in json.load(f)['images']}
+    assert len(set(scene_of.values())) >= 2, 'the session dataset needs two scene types'
+    dst = str(tmp_path / 'oracle')
+    assert evidence.oracle_memory(synthetic_memory, ann, dst) == dst
+
+    root = MemoryRoot(dst, verify=True)  # checksums, shapes, index: a valid memory
+    src_scene, oracle_scene = (osp.join(r, 'scene') for r in (synthetic_memory, dst))
+    src, oracle = _bank_arrays(src_scene), _bank_arrays(oracle_scene)
+    for name in src:
+        np.testing.assert_array_equal(oracle[name], src[name], err_msg=name)
+
+    # retrieval unchanged: the oracle's index returns what an exact search of the source
+    # keys returns
+    flat = faiss.IndexFlatIP(src['keys'].shape[1])
+    flat.add(src['keys'].astype(np.float32))
+    queries = np.random.default_rng(0).standard_normal((6, src['keys'].shape[1]))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    _, expected = flat.search(queries, 3)
+    _, found = root.scene_bank.search(queries, 3)
+    np.testing.assert_array_equal(np.asarray(found), expected)
+
+    # values: equal exactly when the scene types are, near-orthogonal otherwise, at the
+    # source bank's mean norm
+    values = _values(oracle_scene)
+    scenes = [scene_of[int(i)] for i in src['image_ids']]
+    unit = values / np.linalg.norm(values, axis=1, keepdims=True)
+    for i in range(len(scenes)):
+        for j in range(len(scenes)):
+            if scenes[i] == scenes[j]:
+                np.testing.assert_allclose(values[i], values[j], rtol=0, atol=1e-6)
+            else:
+                assert abs(unit[i] @ unit[j]) < 0.3, (scenes[i], scenes[j])
+    mean_norm = np.linalg.norm(_values(src_scene), axis=1).mean()
+    np.testing.assert_allclose(np.linalg.norm(values, axis=1), mean_norm, rtol=2e-3)
+
+    # the rest of the memory is the source's, byte for byte; a second call writes nothing
+    for part in ('object', 'query_cache'):
+        assert tree_sha256(osp.join(dst, part)) == tree_sha256(
+            osp.join(synthetic_memory, part)), part
+    before = tree_sha256(dst)
+    evidence.oracle_memory(synthetic_memory, ann, dst)
+    assert tree_sha256(dst) == before
+
+
+def test_oracle_memory_refuses_an_annotation_without_scene_types(evidence, synthetic_root,
+                                                                synthetic_memory, tmp_path):
+    with open(osp.join(synthetic_root, 'annotations', 'panoptic_train.json')) as f:
+        data = json.load(f)
+    del data['images'][1]['scene']
+    ann = tmp_path / 'no_scene.json'
+    ann.write_text(json.dumps(data))
+    dst = tmp_path / 'oracle'
+    with pytest.raises(ValueError, match=r'no_scene\.json gives no scene type for 1 images'):
+        evidence.oracle_memory(synthetic_memory, str(ann), str(dst))
+    assert not dst.exists() and not [p for p in os.listdir(tmp_path) if 'oracle' in p]
+
+
+def _write_panoptic(folder, annotations, categories=None):
+    """COCO panoptic JSON + PNGs of {image_id: (H, W) array of category names}."""
+    names = ['car', 'boat', 'sky']
+    os.makedirs(folder + '.panoptic' if categories is None else folder, exist_ok=True)
+    png_dir = folder + '.panoptic' if categories is None else folder
+    out = []
+    for image_id, labels in annotations.items():
+        ids = np.zeros(labels.shape, np.int64)
+        segments = []
+        for k, name in enumerate(names):
+            if (labels == name).any():
+                seg_id = 1000 + 7 * k  # ids that use more than the red channel
+                ids[labels == name] = seg_id
+                segments.append(dict(id=seg_id, category_id=k + 1))
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(osp.join(png_dir, f'{image_id}.png'))
+        out.append(dict(image_id=image_id, file_name=f'{image_id}.png', segments_info=segments))
+    data = dict(annotations=out)
+    if categories is not None:
+        data['categories'] = [dict(id=k + 1, name=n) for k, n in enumerate(names)]
+    path = (folder + '.json') if categories is not None else (folder + '.panoptic.json')
+    with open(path, 'w') as f:
+        json.dump(data, f)
+    return path
+
+
+def test_look_alike_flip_rate_counts_twin_pixels(evidence, tmp_path):
+    gt1 = np.array([['car'] * 4, ['car'] * 4, ['sky'] * 4, ['sky'] * 4], dtype=object)
+    gt2 = np.array([['boat'] * 2 + ['sky'] * 2] * 2 + [['sky'] * 4] * 2, dtype=object)
+    # image 1: of the 8 car pixels, 5 stay car, 2 become boat (the twin), 1 becomes sky;
+    # image 2: the 4 boat pixels all become car; sky predicted as boat counts for nothing
+    pred1 = gt1.copy()
+    pred1[1, 1:3] = 'boat'
+    pred1[1, 3] = 'sky'
+    pred2 = gt2.copy()
+    pred2[:2, :2] = 'car'
+    pred2[3, 3] = 'boat'
+    gt_ann = _write_panoptic(str(tmp_path / 'gt'), {1: gt1, 2: gt2}, categories=True)
+    prefix = str(tmp_path / 'pred')
+    _write_panoptic(prefix, {1: pred1, 2: pred2})
+    flips = evidence.look_alike_flips(prefix, gt_ann, str(tmp_path / 'gt'))
+    assert flips == pytest.approx((2 + 4) / (5 + 2 + 4))
+
+
+def test_plateau_schedule_is_the_first_validation_near_the_best_before_the_lr_step(evidence):
+    # 400 labels, lr step at 2550: PQ 58 -> 66 -> 69.5 -> 70 -> 70.2; the jump at 3000
+    # comes from the step and is not a reason to train longer
+    pq = {500: 58.0, 1000: 66.0, 1500: 69.5, 2000: 70.0, 2500: 70.2, 3000: 73.9}
+    assert evidence.plateau_schedule(pq, 2550) == 1500
+    assert evidence.plateau_schedule({**pq, 1500: 69.1}, 2550) == 2000
+    with pytest.raises(ValueError, match='1 validations before the lr step'):
+        evidence.plateau_schedule({500: 58.0, 3000: 70.0}, 2550)
+
+
+def test_regime_is_the_smallest_size_clearly_below_the_full_set_without_collapse(evidence):
+    # 400 labels: PQ_th 52; 10 labels collapsed (< 26), 20 labels 5.5 below: the regime
+    assert evidence.regime_size({10: 20.0, 20: 46.5, 50: 49.0, 400: 52.0}) == 20
+    # no size both 5 below and above half: none
+    assert evidence.regime_size({10: 20.0, 20: 48.0, 50: 50.0, 400: 52.0}) is None
+    with pytest.raises(ValueError, match='needs the 400-label model'):
+        evidence.regime_size({10: 20.0, 20: 46.5})
