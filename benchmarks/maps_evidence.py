@@ -338,18 +338,18 @@ def seed_inputs(args, seed, oracle=False):
     """Seed ``seed``'s labelled annotation file, the memory of those images and (with
     ``oracle``) its oracle memory: written once per seed, before any of its trainings run
     (parallel arms of a seed share them)."""
-    from mmmaps.memory.bank import MemoryBank
+    from mmmaps.memory.storage import sha256_file
 
     ann = labelled_subset(args, args.size, seed)
     memory = build_memory(args, ann, osp.join(args.work_dir, 'memory',
                                               f'n{args.size}_seed{seed}'))
     oracle_root = None
-    if oracle:
+    if oracle:  # named by the source scene bank's manifest: a rebuilt memory, a new oracle
         with open(osp.join(memory, 'manifest.json')) as f:
-            scene = MemoryBank.load(osp.join(memory, json.load(f)['banks']['scene']))
+            scene_manifest = osp.join(memory, json.load(f)['banks']['scene'], 'manifest.json')
         oracle_root = oracle_memory(memory, ann, osp.join(
             args.work_dir, 'memory', f'n{args.size}_seed{seed}_oracle_'
-            f'{scene.manifest_sha256[:12]}'))
+            f'{sha256_file(scene_manifest)[:12]}'))
     return ann, memory, oracle_root
 
 
