@@ -12,7 +12,7 @@ inputs. Arms, interleaved iteration by iteration on the same inputs (median time
 - ``ort_gridsample``: that function exported (one ONNX GridSample per level), what
   ``tools/deployment/export_onnx.py`` exports today;
 - ``ort_gather``: :func:`mmmaps.deployment.deformable_attention.multi_scale_deformable_attn_gather`
-  exported (Gather per bilinear corner, no GridSample).
+  exported (one Gather over a table of neighbouring key pairs and a MatMul, no GridSample).
 
 Each arm's max |difference| to the PyTorch output is reported with its time.
 """

@@ -6,8 +6,9 @@ mmcv's CPU path (``multi_scale_deformable_attn_pytorch``) samples each level wit
 is slow on the CPU and has no CUDA kernel, and TensorRT miscomputes GridSample-decomposed
 deformable attention. :func:`multi_scale_deformable_attn_gather` computes the same function
 (bilinear sampling, ``align_corners=False``, zeros outside the map) from index arithmetic,
-one ``Gather`` per bilinear corner over the values of every level and head at once, and a
-weighted sum: standard ONNX ops only.
+one ``Gather`` over a table of neighbouring key pairs (the left and right corner of a pixel
+row in one row of the table, the values of every level and head at once) and one ``MatMul``
+for the weighted sum: standard ONNX ops only.
 """
 import contextlib
 
@@ -40,36 +41,47 @@ def multi_scale_deformable_attn_gather(value: Tensor, value_spatial_shapes,
                                        int(areas.sum()) != num_keys):
         raise ValueError(f'value_spatial_shapes {shapes.tolist()} do not match value '
                          f'({num_keys} keys) and sampling_locations ({num_levels} levels)')
-    # every head's values of every level as rows of one table: (bs * heads * keys, dims)
-    table = value.permute(0, 2, 1, 3).reshape(-1, head_dims)
+    # every head's values of every level, one row per key: (bs * heads * keys, dims), then
+    # pairs of neighbours: row r of `pairs` is (key r - 1, key r), zeros beyond either end,
+    # so one gather fetches a sample's left and right corner of one pixel row at once
+    keys = value.permute(0, 2, 1, 3).reshape(-1, head_dims)
+    zero = keys.new_zeros(1, head_dims)
+    padded = torch.cat([zero, keys, zero], 0)
+    pairs = torch.cat([padded[:-1], padded[1:]], 1)  # (bs * heads * keys + 1, 2 * dims)
     dtype = sampling_locations.dtype
     heights = shapes[:, 0].to(dtype).view(1, 1, 1, num_levels, 1)
     widths = shapes[:, 1].to(dtype).view(1, 1, 1, num_levels, 1)
     starts = torch.cumsum(areas, 0) - areas
-    # first row of each (image, head, level) block: (bs, heads, 1, levels, 1)
+    # row of `pairs` whose right half is the first key of each (image, head, level) block:
+    # (bs, heads, 1, levels, 1)
     block = (torch.arange(bs * num_heads, device=value.device).view(bs, num_heads, 1, 1, 1)
-             * num_keys + starts.view(1, 1, 1, num_levels, 1))
+             * num_keys + starts.view(1, 1, 1, num_levels, 1) + 1)
     locations = sampling_locations.transpose(1, 2)  # (bs, heads, queries, levels, points, 2)
     # align_corners=False: pixel centres at (i + 0.5) / size
     x = locations[..., 0] * widths - 0.5
     y = locations[..., 1] * heights - 0.5
     x0, y0 = torch.floor(x), torch.floor(y)
     fx, fy = x - x0, y - y0
+    # a corner outside the map weighs 0 (zeros padding); what its clamped index reads,
+    # another row's pixel included, is multiplied by that 0
+    left = (1 - fx) * ((x0 >= 0) & (x0 <= widths - 1)).to(dtype)
+    right = fx * ((x0 >= -1) & (x0 <= widths - 2)).to(dtype)
     weights = attention_weights.transpose(1, 2)  # (bs, heads, queries, levels, points)
-    out = None
-    for dy, dx, corner in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                           (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        xi, yi = x0 + dx, y0 + dy
-        inside = (xi >= 0) & (xi <= widths - 1) & (yi >= 0) & (yi <= heights - 1)
-        column = torch.minimum(torch.clamp(xi, min=0), widths - 1)
-        row = torch.minimum(torch.clamp(yi, min=0), heights - 1)
-        index = block + (row * widths + column).long()
-        rows = table[index.reshape(-1)].view(bs, num_heads, num_queries,
-                                             num_levels * num_points, head_dims)
-        weight = (corner * weights * inside.to(dtype)).view(
-            bs, num_heads, num_queries, num_levels * num_points, 1)
-        term = (rows * weight).sum(3)  # (bs, heads, queries, dims)
-        out = term if out is None else out + term
+    top = (1 - fy) * ((y0 >= 0) & (y0 <= heights - 1)).to(dtype) * weights
+    bottom = fy * ((y0 >= -1) & (y0 <= heights - 2)).to(dtype) * weights
+    column = torch.minimum(torch.clamp(x0, min=-1), widths - 1)
+    upper = torch.minimum(torch.clamp(y0, min=0), heights - 1)
+    lower = torch.minimum(torch.clamp(y0 + 1, min=0), heights - 1)
+    index = torch.stack([block + (upper * widths + column).long(),
+                         block + (lower * widths + column).long()], -1)
+    # (bs, heads, queries, levels * points * 4 corners, dims): top-left, top-right,
+    # bottom-left, bottom-right of each sample
+    corners = pairs[index.reshape(-1)].view(bs, num_heads, num_queries,
+                                            num_levels * num_points * 4, head_dims)
+    corner_weights = torch.stack([top * left, top * right, bottom * left, bottom * right],
+                                 -1).view(bs, num_heads, num_queries, 1,
+                                          num_levels * num_points * 4)
+    out = torch.matmul(corner_weights, corners).squeeze(3)  # (bs, heads, queries, dims)
     return out.transpose(1, 2).reshape(bs, num_queries, num_heads * head_dims)
 
 
