@@ -55,6 +55,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional
 
+from mmmaps.datasets.synthetic_panoptic import SCENE_VARIANTS
 from benchmarks.runs import (ROOT, interval95, publish, run, schedule, stamped_test,
                              stamped_training, validation_curve, write_images,
                              write_subset)
@@ -103,11 +104,20 @@ def parse_args(argv=None):
     parser.add_argument('--maps-config', default=MAPS)
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--jobs', type=int, default=2, help='trainings run at once')
-    parser.add_argument('--work-dir', default='work_dirs/maps_evidence')
-    parser.add_argument('--data-root', default='data/synthetic')
+    parser.add_argument('--data-variant', default='bundled', choices=sorted(SCENE_VARIANTS),
+                        help='the synthetic data drawn (make_synthetic_panoptic.py --variant); '
+                        "another than 'bundled' gets its own data root, work dir and "
+                        'published names')
+    parser.add_argument('--work-dir', help='default work_dirs/maps_evidence[_VARIANT]')
+    parser.add_argument('--data-root', help='default data/synthetic[_VARIANT]')
     parser.add_argument('--publish', action='store_true',
-                        help='write benchmarks/results/maps_evidence_PHASE.{json,md}')
-    return parser.parse_args(argv)
+                        help='write benchmarks/results/maps_evidence[_VARIANT]_PHASE.{json,md}')
+    args = parser.parse_args(argv)
+    suffix = '' if args.data_variant == 'bundled' else f'_{args.data_variant}'
+    args.work_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
+    args.data_root = args.data_root or f'data/synthetic{suffix}'
+    args.results_name = f'maps_evidence{suffix}'
+    return args
 
 
 def prepare(args):
@@ -115,7 +125,8 @@ def prepare(args):
         os.environ['MMMAPS_SYNTHETIC_ROOT'] = osp.join(osp.abspath(args.data_root), '')
     run([sys.executable, 'tools/dataset_converters/make_synthetic_panoptic.py', '--out',
          args.data_root, '--num-train', str(FULL_SIZE), '--num-val', '100', '--seed', '0',
-         '--size', '128', '128'], osp.join(args.work_dir, 'data.log'))
+         '--size', '128', '128', '--variant', args.data_variant],
+        osp.join(args.work_dir, 'data.log'))
 
 
 def labelled_subset(args, size, seed):
@@ -489,7 +500,7 @@ def main(argv=None):
     with open(osp.join(args.work_dir, f'{args.phase}.json'), 'w') as f:
         json.dump(payload, f, indent=2)
     if args.publish:
-        publish(f'maps_evidence_{args.phase}', payload, text)
+        publish(f'{args.results_name}_{args.phase}', payload, text)
     return 0
 
 

@@ -99,6 +99,20 @@ SCENE_TYPES = (
 )
 
 
+# Data variants (issue 25): the scene types a variant draws from. On the bundled set every
+# look-alike is decided by the stuff it stands on, so a detector reads the twin from the pixels
+# next to the object. ``shared_support`` moves that decision off the object's neighbourhood
+# without removing it from the image: at a lake, buoys and seals stand on a larger grass band,
+# where a meadow has balls and dogs, so a disc or an animal on grass is told apart only by the
+# water elsewhere in the image.
+SCENE_VARIANTS = {
+    'bundled': SCENE_TYPES,
+    'shared_support': SCENE_TYPES[:3] + (
+        SceneType('lake', (('sky', 0.25), ('grass', 0.40), ('water', 0.35)),
+                  {'boat': ('water', 3.), 'buoy': ('grass', 3.), 'seal': ('grass', 1.)}),),
+}
+
+
 def categories() -> List[dict]:
     """COCO panoptic ``categories`` (things then stuff, ids 1..N)."""
     return [
@@ -182,15 +196,16 @@ class _Segment:
     mask: np.ndarray
 
 
-def render_image(rng: np.random.Generator, height: int, width: int,
-                 min_area: int = 12) -> Tuple[np.ndarray, np.ndarray, List[_Segment], str]:
-    """Draw one scene.
+def render_image(rng: np.random.Generator, height: int, width: int, min_area: int = 12,
+                 scene_types: Sequence[SceneType] = SCENE_TYPES
+                 ) -> Tuple[np.ndarray, np.ndarray, List[_Segment], str]:
+    """Draw one scene of one of ``scene_types``.
 
     Returns:
         image (H, W, 3) uint8 RGB, segment id map (H, W) int32 (0 = void),
         the list of segments, and the scene type name.
     """
-    scene = SCENE_TYPES[rng.integers(len(SCENE_TYPES))]
+    scene = scene_types[rng.integers(len(scene_types))]
     h, w = height, width
     stuff_label = np.empty((h, w), dtype=np.int32)
     boundaries = _wavy_boundaries(rng, scene.bands, h, w)
@@ -273,8 +288,8 @@ def _bbox(mask: np.ndarray) -> List[int]:
 
 
 def _write_split(out: str, split: str, split_index: int, num_images: int, seed: int,
-                 height: int, width: int, first_image_id: int,
-                 progress: bool) -> Dict[str, int]:
+                 height: int, width: int, first_image_id: int, progress: bool,
+                 scene_types: Sequence[SceneType] = SCENE_TYPES) -> Dict[str, int]:
     from pycocotools import mask as mask_utils
 
     img_dir = osp.join(out, split)
@@ -293,7 +308,8 @@ def _write_split(out: str, split: str, split_index: int, num_images: int, seed: 
     for i in iterator:
         image_id = first_image_id + i
         rng = np.random.default_rng([seed, split_index, i])
-        image, id_map, segments, scene = render_image(rng, height, width)
+        image, id_map, segments, scene = render_image(rng, height, width,
+                                                      scene_types=scene_types)
         scene_counts[scene] = scene_counts.get(scene, 0) + 1
         stem = f'{image_id:012d}'
         cv2.imwrite(osp.join(img_dir, stem + '.jpg'), image[..., ::-1],
@@ -335,8 +351,12 @@ def _write_split(out: str, split: str, split_index: int, num_images: int, seed: 
 
 def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 50,
                                 seed: int = 0, size: Sequence[int] = (128, 128),
-                                force: bool = False, progress: bool = True) -> dict:
+                                force: bool = False, progress: bool = True,
+                                variant: str = 'bundled') -> dict:
     """Write the dataset to ``out`` (atomically: built next to it, then renamed).
+
+    ``variant`` names the scene types drawn from (:data:`SCENE_VARIANTS`); ``'bundled'``
+    is the dataset every config and test uses.
 
     If ``out`` already holds a dataset generated with the same parameters it is
     kept as is, unless ``force``. A dataset of other parameters is only replaced
@@ -355,8 +375,13 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
     height, width = (int(size[0]), int(size[1]))
     if height < 32 or width < 32:
         raise ValueError(f'size must be at least 32x32, got {height}x{width}')
+    if variant not in SCENE_VARIANTS:
+        raise ValueError(f'unknown synthetic variant {variant!r}: expected one of '
+                         f'{sorted(SCENE_VARIANTS)}')
     params = dict(format_version=FORMAT_VERSION, num_train=num_train, num_val=num_val,
                   seed=seed, height=height, width=width)
+    if variant != 'bundled':  # the bundled set's record stays what it was
+        params['variant'] = variant
     meta_file = osp.join(out, 'synthetic_meta.json')
     if osp.isfile(meta_file) and not force:
         with open(meta_file) as f:
@@ -380,7 +405,7 @@ def generate_synthetic_panoptic(out: str, num_train: int = 200, num_val: int = 5
         first_id = 1
         for split_index, (split, n) in enumerate(zip(SPLITS, (num_train, num_val))):
             scenes[split] = _write_split(tmp, split, split_index, n, seed, height, width,
-                                         first_id, progress)
+                                         first_id, progress, SCENE_VARIANTS[variant])
             first_id += n
         meta = dict(params=params, scene_counts=scenes, classes=list(CLASSES),
                     thing_classes=list(THING_CLASSES), stuff_classes=list(STUFF_CLASSES))

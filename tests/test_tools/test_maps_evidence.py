@@ -154,3 +154,18 @@ def test_regime_is_the_smallest_size_clearly_below_the_full_set_without_collapse
     assert evidence.regime_size({10: 20.0, 20: 48.0, 50: 50.0, 400: 52.0}) is None
     with pytest.raises(ValueError, match='needs the 400-label model'):
         evidence.regime_size({10: 20.0, 20: 46.5})
+
+
+def test_a_data_variant_gets_its_own_data_work_dir_and_results(evidence):
+    """The bundled runs keep the paths their stamps and published results live under; a data
+    variant never reads or overwrites them."""
+    bundled = evidence.parse_args(['arms'])
+    assert (bundled.data_root, bundled.work_dir, bundled.results_name) == \
+        ('data/synthetic', 'work_dirs/maps_evidence', 'maps_evidence')
+    variant = evidence.parse_args(['curve', '--data-variant', 'shared_support'])
+    assert (variant.data_root, variant.work_dir, variant.results_name) == \
+        ('data/synthetic_shared_support', 'work_dirs/maps_evidence_shared_support',
+         'maps_evidence_shared_support')
+    given = evidence.parse_args(['curve', '--data-variant', 'shared_support',
+                                 '--work-dir', 'w', '--data-root', 'd'])
+    assert (given.data_root, given.work_dir) == ('d', 'w')

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from mmmaps.datasets.synthetic_panoptic import (SCENE_TYPES, THING_CLASSES, STUFF_CLASSES,
+from mmmaps.datasets.synthetic_panoptic import (SCENE_VARIANTS, STUFF_CLASSES, THING_CLASSES,
                                                 generate_synthetic_panoptic)
 from mmmaps.utils.output_dirs import OutputOwnershipError
 
@@ -28,6 +28,11 @@ def parse_args(argv=None):
     parser.add_argument('--force', action='store_true',
                         help='replace the synthetic dataset already in OUT (also when it has '
                         'the same parameters); a folder of anything else is never replaced')
+    parser.add_argument('--variant', default='bundled', choices=sorted(SCENE_VARIANTS),
+                        help="the scene types drawn from: 'bundled' (every config's dataset) "
+                        "or 'shared_support' (buoys and seals at a lake stand on grass, like "
+                        "balls and dogs in a meadow: the twin is told by the scene only; "
+                        'docs/en/maps_evidence.md)')
     parser.add_argument('--no-progress', action='store_true')
     return parser.parse_args(argv)
 
@@ -38,7 +43,7 @@ def main(argv=None):
     try:
         meta = generate_synthetic_panoptic(
             args.out, args.num_train, args.num_val, seed=args.seed, size=args.size,
-            force=args.force, progress=not args.no_progress)
+            force=args.force, progress=not args.no_progress, variant=args.variant)
     except (ValueError, OutputOwnershipError) as err:
         sys.exit(f'make_synthetic_panoptic: {err}')
     elapsed = time.perf_counter() - start
@@ -51,7 +56,8 @@ def main(argv=None):
           f'{args.size[0]}x{args.size[1]} to {args.out} in {elapsed:.1f}s '
           f'({n / elapsed:.0f} img/s)')
     print(f'{len(THING_CLASSES)} thing classes, {len(STUFF_CLASSES)} stuff classes, '
-          f'{len(SCENE_TYPES)} scene types; scenes per split: {meta["scene_counts"]}')
+          f'{len(SCENE_VARIANTS[args.variant])} scene types ({args.variant}); scenes per '
+          f'split: {meta["scene_counts"]}')
 
 
 if __name__ == '__main__':
