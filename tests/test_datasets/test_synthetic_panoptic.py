@@ -195,13 +195,14 @@ def test_shared_support_variant_hides_the_twin_from_the_neighbourhood(tmp_path):
     """On the bundled set the stuff around a ball/buoy or dog/seal names its class; in the
     'shared_support' variant both twins of a pair stand on grass, and only the scene (a lake
     has water somewhere, a meadow none) tells them apart."""
-    rows = {}
+    rows, anns = {}, {}
     for variant in ('bundled', 'shared_support'):
         out = str(tmp_path / variant)
         meta = syn.generate_synthetic_panoptic(out, 120, 1, seed=0, size=(96, 96),
                                                progress=False, variant=variant)
-        rows[variant], ann = _things_by_neighbourhood(out)
+        rows[variant], anns[variant] = _things_by_neighbourhood(out)
         assert meta['params'].get('variant', 'bundled') == variant
+    ann = anns['shared_support']
     on_grass = {v: {(scene, name) for scene, name, around in r if around == 'grass'}
                 for v, r in rows.items()}
 
