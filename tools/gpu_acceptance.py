@@ -21,10 +21,12 @@ traceback and the others still run):
   against exact search; faiss-gpu Flat when faiss has GPU support (said either way).
 - ``deployment``: each family (random init) exported with ``export_onnx`` (Gather deformable
   attention) at 800x1344, then the same network in onnxruntime (every execution provider the
-  installed build has; PyPI's CPU build in the wheel set), in PyTorch on the GPU (fp32) and in
-  PyTorch on the CPU with as many threads: ms/image and max |difference|. Needs onnx (torch's
-  exporter imports it) and onnxruntime; skipped, and said so, without them: they do not fit
-  in the GPU machine's wheel set (35 + 35 MiB > the 64 MiB a device call carries).
+  installed build has), in PyTorch on the GPU (fp32) and in PyTorch on the CPU with as many
+  threads: ms/image and max |difference|. Needs onnx (torch's exporter imports it) and
+  onnxruntime; the GPU machine's image holds both (onnx 1.23.1, onnxruntime 1.30.0, a CPU
+  build), so the wheel set does not carry them; skipped, and said so, where they are absent.
+  onnxruntime's CUDA provider is not measured there: PyPI's onnxruntime-gpu 1.31 is a CUDA 13
+  build but a 243 MiB wheel, far over the 64 MiB a device call carries.
 - ``ddp``: a 2-process DDP training step through tools/dist_train.sh when 2+ GPUs are
   visible (skipped, and said so, otherwise).
 
@@ -560,9 +562,9 @@ def deployment(ctx):
         import onnx
         import onnxruntime as ort
     except ImportError as err:
-        return (f'skipped: {err.name} is not installed here. torch\'s ONNX exporter needs onnx '
-                'and the run needs onnxruntime (18 + 17 MiB as python 3.12 wheels), which do not '
-                'fit in the 64 MiB a device call carries next to the wheel set (35 MiB)')
+        return (f'skipped: {err.name} is not installed here; torch\'s ONNX exporter needs onnx '
+                'and the run needs onnxruntime (`bash tools/setup_env.sh --deploy`, or the GPU '
+                'machine\'s image, which holds both)')
     from mmengine.config import Config
 
     from mmmaps.deployment import Mask2FormerGraph, PanopticSegFormerGraph, export_onnx
@@ -656,8 +658,9 @@ def deployment(ctx):
                   onnxruntime=f'{ort.__version__}, providers {providers}',
                   max_diff='against PyTorch on the CPU')
     if 'CUDAExecutionProvider' not in providers:
-        result['note'] = ('this onnxruntime has no CUDA provider (PyPI\'s onnxruntime-gpu 1.23 '
-                          'is a CUDA 12 build; there is none for CUDA 13 on PyPI)')
+        result['note'] = ('this onnxruntime has no CUDA provider: PyPI\'s onnxruntime-gpu 1.31 '
+                          'is a CUDA 13 build, but its 243 MiB wheel is far over the 64 MiB a '
+                          'device call carries')
     return result
 
 
