@@ -12,6 +12,35 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_M2F = osp.join(REPO_ROOT, 'configs', 'mask2former', 'mask2former_r18_synthetic-panoptic.py')
 
 
+@pytest.fixture(autouse=True)
+def own_mmengine_instances():
+    """Each test's runs get their own logger, message hub and visualizer.
+
+    mmengine names them after the config file and the second the Runner starts, and hands an
+    existing instance back by name: two in-process runs of one config in one second (two quick
+    tests) would have the second write its log into the first one's work dir and none into its
+    own. The ones a test creates are dropped when it ends (default scopes are left alone).
+    """
+    from mmengine.logging import MessageHub, MMLogger
+    from mmengine.visualization import Visualizer
+
+    def kinds(cls):
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from kinds(sub)
+
+    def run_named():
+        return [cls for base in (MMLogger, MessageHub, Visualizer) for cls in kinds(base)]
+
+    before = {cls: set(cls._instance_dict) for cls in run_named()}
+    yield
+    for cls in run_named():
+        for name in set(cls._instance_dict) - before.get(cls, set()):
+            instance = cls._instance_dict.pop(name)
+            for handler in getattr(instance, 'handlers', []):
+                handler.close()
+
+
 @pytest.fixture(scope='session')
 def synthetic_root(tmp_path_factory):
     """A tiny synthetic dataset shared by the whole session (path ends with '/')."""

@@ -127,6 +127,25 @@ def mmmaps_panoptic(pan, category_ids, num_classes):
     return ids[np.minimum(classes, num_classes)], instances
 
 
+def golden_order(query_inds, labels, g):
+    """The permutation that puts our best-first (query, thing class) pairs in the golden order.
+
+    The pairs must be the golden ones, in the golden order except where two golden scores tie
+    within ATOL: there the order is float noise (image 1 has pairs 0.6807743 and 0.6807748
+    apart, which one thread and two threads rank differently)."""
+    ours = list(zip(query_inds.tolist(), labels.tolist()))
+    theirs = list(zip(g['top_queries'].tolist(), g['top_labels'].tolist()))
+    assert sorted(ours) == sorted(theirs), 'another set of best (query, class) pairs'
+    position = {pair: i for i, pair in enumerate(ours)}
+    to_golden = np.array([position[pair] for pair in theirs])
+    scores = g['top_scores']
+    moved = np.nonzero(to_golden != np.arange(len(theirs)))[0]
+    ties = np.abs(scores[moved] - scores[to_golden[moved]])
+    assert (ties <= ATOL).all(), (
+        f'golden positions {moved.tolist()} ranked otherwise; score gaps {ties.tolist()}')
+    return to_golden
+
+
 @pytest.mark.parametrize('index', [0, 1])
 def test_inference_equals_the_authors_code(golden, model, index):
     data, info = golden
@@ -144,14 +163,13 @@ def test_inference_equals_the_authors_code(golden, model, index):
 
         query, query_inds, labels, pair_logits = head.best_thing_pairs(
             head_inputs['hidden_states'], head_inputs['references'])
-        np.testing.assert_array_equal(query_inds[0], g['top_queries'])
-        np.testing.assert_array_equal(labels[0], g['top_labels'])
         np.testing.assert_allclose(pair_logits[0].sigmoid(), g['top_scores'], atol=ATOL, rtol=0)
+        to_golden = golden_order(query_inds[0], labels[0], g)
         things, stuff = head.run_mask_decoders(
             query, head_inputs['memory'], head_inputs['memory_pos'],
             head_inputs['memory_mask'], head_inputs['spatial_shapes'])
-        np.testing.assert_allclose(torch.stack([o.masks[0] for o in things]), g['thing_masks'],
-                                   atol=ATOL, rtol=0)
+        np.testing.assert_allclose(torch.stack([o.masks[0] for o in things])[:, to_golden],
+                                   g['thing_masks'], atol=ATOL, rtol=0)
         np.testing.assert_allclose(torch.stack([o.masks[0] for o in stuff]), g['stuff_masks'],
                                    atol=ATOL, rtol=0)
         stuff_scores = head.stuff_cls_branches[-1](stuff[-2].query)[0, :, 0].sigmoid()
