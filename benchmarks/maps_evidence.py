@@ -15,8 +15,10 @@ be run in parts; ``--jobs`` trainings at a time, one thread each):
    control); MAPS with a shuffled memory (each image gets another image's retrieval, in
    training and test); MAPS; the oracle (the scene memory holds one fixed vector per true
    scene type: the headroom).
-4. ``counterfactual``: a trained MAPS given the memory of one other scene type at test;
-   how often look-alike predictions flip to their twin class.
+4. ``counterfactual``: each trained retrieving MAPS arm (``--arms``, default ``maps``)
+   tested with its own memory, memory off, a shuffled memory and the memory of each single
+   scene type (robustness to a wrong memory, below); how often look-alike predictions flip
+   to their twin class.
 
 Statistic: paired differences (arm - Mask2Former) over the seeds with a 95 % t-interval, on
 PQ_th and on the look-alike confusion rate.
@@ -37,13 +39,21 @@ image's retrieval: ``memory.retrieval.wrong_memory_prob=1`` at test) and with th
 each single scene type (built from that scene type's labelled images); per row PQ, PQ_th,
 the PQ of the classes that occur in val but in no image of the memory, and the look-alike
 flip rate (of the ground-truth pixels of a look-alike class predicted as it or its twin, the
-fraction predicted as the twin).
+fraction predicted as the twin). Statistic: per arm, paired differences (test - memory off)
+over the seeds with a 95 % t-interval, for each wrong memory and for the single-scene
+memories together (each seed's mean), the PQ of the absent classes paired with memory off's
+PQ on the same classes; and the robustness variants' cost on the normal row (arm - plain
+MAPS, both with their own memory). Reading, written down before running: a wrong memory's
+Delta PQ interval entirely below 0 means that arm is worse with a wrong memory than without
+one (the goal is not met); an interval covering 0 or above it means not shown worse, at the
+resolution of its half-width; Delta PQ absent below 0 is the copying (classes the memory
+lacks lose what plain pixel evidence gives them).
 
     python benchmarks/maps_evidence.py plateau
     python benchmarks/maps_evidence.py curve --iters N
     python benchmarks/maps_evidence.py arms --iters N --size S --seeds 0 1 2 3 4 5 6 7
     python benchmarks/maps_evidence.py counterfactual --iters N --size S --seeds 0 1 ...
-        [--arms maps maps_wrong50]
+        [--arms maps maps_wrong50 maps_whole_masking]
 """
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
 
@@ -69,6 +79,10 @@ PLATEAU_PQ = 1.0  # PQ points: within this of the best validation counts as plat
 REGIME_GAP, REGIME_FLOOR = 5.0, 0.5
 MEMORY_OFF = ('model.panoptic_head.use_scene_memory=False',
               'model.panoptic_head.use_object_memory=False')
+# the counterfactual's tests: the reference and the columns compared with it
+OWN_MEMORY, MEMORY_OFF_TEST = 'own memory', 'memory off'
+ROBUSTNESS_COLUMNS = ('PQ', 'PQ_th', 'PQ_absent', 'look_alike_flips')
+SCENE_MEMORIES = 'mean of the single-scene memories'
 SHUFFLED = ('memory.retrieval.wrong_memory_prob=1.0', 'memory.retrieval.wrong_memory_at_test=True')
 # MAPS arms: the training options over the MAPS config
 MAPS_ARMS = {
@@ -396,11 +410,16 @@ def evaluate(args, work, config, name, options, extra=(), memory_classes=None):
                           ['--per-class', '--panoptic-out', prefix, '--force', *extra])
     with open(osp.join(work, test_dir, 'metrics.json')) as f:
         metrics = json.load(f)
-    absent = sorted(categories_in(val_ann) - memory_classes) if memory_classes else []
-    absent_pq = [metrics[f'coco_panoptic/{c}_PQ'] for c in absent]
-    return dict(result, absent_classes=absent,
-                PQ_absent=sum(absent_pq) / len(absent_pq) if absent_pq else None,
+    class_pq = {c: metrics[f'coco_panoptic/{c}_PQ'] for c in categories_in(val_ann)}
+    absent = sorted(set(class_pq) - memory_classes) if memory_classes else []
+    return dict(result, class_PQ=class_pq, absent_classes=absent,
+                PQ_absent=mean_pq(class_pq, absent),
                 look_alike_flips=100 * look_alike_flips(prefix, val_ann, val_png))
+
+
+def mean_pq(class_pq: Dict[str, float], classes) -> Optional[float]:
+    """The mean PQ of ``classes`` (None for none)."""
+    return sum(class_pq[c] for c in classes) / len(classes) if classes else None
 
 
 def arms(args):
@@ -450,42 +469,138 @@ def arms(args):
 
 def counterfactual(args):
     """Each retrieving MAPS arm tested with its memory, memory off, a shuffled memory and
-    the memory of one scene type."""
+    the memory of each single scene type; paired differences against memory off."""
     if not (args.iters and args.size):
         raise SystemExit('maps_evidence.py counterfactual: give --iters and --size')
     chosen = args.arms or ['maps']
     bad = [a for a in chosen if a not in RETRIEVING_ARMS]
     if bad:
         raise SystemExit(f'maps_evidence.py counterfactual: {bad} retrieve nothing')
-    rows = []
+    # every memory is built before any training or test runs (parallel jobs share them)
+    inputs, tests = {}, {}
     for seed in args.seeds:
         ann, memory, _ = seed_inputs(args, seed)
-        tag = f'n{args.size}_seed{seed}'
-        tests = {'own memory': ((), (), categories_in(ann)),
-                 'memory off': (MEMORY_OFF, (), None),
-                 'shuffled memory': (SHUFFLED, (), categories_in(ann))}
+        inputs[seed] = (ann, memory)
+        tests[seed] = {OWN_MEMORY: ((), (), categories_in(ann)),
+                       MEMORY_OFF_TEST: (MEMORY_OFF, (), None),
+                       'shuffled memory': (SHUFFLED, (), categories_in(ann))}
         for scene, sub in scene_subsets(args, ann).items():
-            root = build_memory(args, sub, osp.join(args.work_dir, 'memory', f'{tag}_{scene}'))
-            tests[f'memory of {scene} only'] = ((), ('--memory', root), categories_in(sub))
-        for arm in chosen:
-            work, config, options = arm_run(args, arm, seed, ann, memory)
-            for name, (extra_options, extra_args, memory_classes) in tests.items():
-                result = evaluate(args, work, config, name,
-                                  [o for o in options if 'wrong_memory' not in o]
-                                  + list(extra_options), extra_args, memory_classes)
-                rows.append(dict(result, seed=seed, arm=arm, test=name))
-                print(f'  {arm} seed {seed} {name}: PQ {result["PQ"]:.1f}', flush=True)
+            root = build_memory(args, sub, osp.join(args.work_dir, 'memory',
+                                                    f'n{args.size}_seed{seed}_{scene}'))
+            tests[seed][f'memory of {scene} only'] = ((), ('--memory', root),
+                                                      categories_in(sub))
+
+    def one(job):
+        arm, seed = job
+        work, config, options = arm_run(args, arm, seed, *inputs[seed])
+        rows = []
+        for name, (extra_options, extra_args, memory_classes) in tests[seed].items():
+            result = evaluate(args, work, config, name,
+                              [o for o in options if 'wrong_memory' not in o]
+                              + list(extra_options), extra_args, memory_classes)
+            rows.append(dict(result, seed=seed, arm=arm, test=name))
+            print(f'  {arm} seed {seed} {name}: PQ {result["PQ"]:.1f}', flush=True)
+        return rows
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = [r for job_rows in pool.map(one, [(arm, seed) for seed in args.seeds
+                                                 for arm in chosen]) for r in job_rows]
+    robustness = against_memory_off(rows, args.seeds)
+    normal_cost = {arm: paired_cells(rows, args.seeds, (arm, OWN_MEMORY), ('maps', OWN_MEMORY))
+                   for arm in chosen if arm != 'maps' and 'maps' in chosen}
     lines = [f'MAPS (tiny R18, {osp.basename(args.maps_config)}), {args.iters} iterations on '
-             f'{args.size} labelled images per seed, tested with wrong memories; synthetic val '
-             '(100 images). PQ absent: mean PQ of the val classes in no image of the memory.',
-             '', '| arm | seed | test | PQ | PQ_th | PQ absent (classes) | look-alike flips |',
-             '|---|---|---|---|---|---|---|']
-    for r in rows:
+             f'{args.size} labelled images per seed (each seed its own subset, shared by every '
+             f'arm), seeds {" ".join(map(str, args.seeds))}, tested with wrong memories; '
+             'synthetic val (100 images). A single scene type\'s memory is built from the '
+             "seed's labelled images of that scene type: right for val images of that type, "
+             'wrong for the others. PQ absent: mean PQ of the val classes in no image of the '
+             'memory (memory off: its PQ on the same classes).', '',
+             f'Goal: a wrong memory no worse than memory off. (test - memory off), n = '
+             f'{len(args.seeds)} seeds, mean paired difference ± half-width of its 95 % '
+             't-interval:', '',
+             '| arm | test | ΔPQ | ΔPQ_th | ΔPQ absent (n) | Δ look-alike flips |',
+             '|---|---|---|---|---|---|']
+    for (arm, test), cells in robustness.items():
+        lines.append(f'| {arm} | {test} | ' + ' | '.join(
+            format_cell(cells[c], with_n=c == 'PQ_absent') for c in ROBUSTNESS_COLUMNS) + ' |')
+    if normal_cost:
+        lines += ['', 'The cost on the normal row: (arm - plain MAPS), both with their own '
+                  'memory:', '', '| arm - maps | ΔPQ | ΔPQ_th | Δ look-alike flips |',
+                  '|---|---|---|---|']
+        for arm, cells in normal_cost.items():
+            lines.append(f'| {arm} | ' + ' | '.join(
+                format_cell(cells[c]) for c in ('PQ', 'PQ_th', 'look_alike_flips')) + ' |')
+    lines += ['', '| arm | seed | test | PQ | PQ_th | PQ absent (classes) | look-alike flips |',
+              '|---|---|---|---|---|---|---|']
+    for r in sorted(rows, key=lambda r: (r['arm'], r['seed'])):
         absent = ('-' if r['PQ_absent'] is None else
                   f'{r["PQ_absent"]:.1f} ({", ".join(r["absent_classes"])})')
         lines.append(f'| {r["arm"]} | {r["seed"]} | {r["test"]} | {r["PQ"]:.1f} | '
                      f'{r["PQ_th"]:.1f} | {absent} | {r["look_alike_flips"]:.1f} % |')
-    return dict(rows=rows), '\n'.join(lines)
+    return dict(rows=rows, against_memory_off=[dict(arm=a, test=t, **cells)
+                                               for (a, t), cells in robustness.items()],
+                normal_cost=normal_cost), '\n'.join(lines)
+
+
+def difference(row: dict, reference: dict, column: str) -> Optional[float]:
+    """``row``'s ``column`` minus ``reference``'s; for PQ_absent the reference's PQ on the
+    classes absent from ``row``'s memory (None when it lacks no val class)."""
+    if column != 'PQ_absent':
+        return row[column] - reference[column]
+    if not row['absent_classes']:
+        return None
+    return row['PQ_absent'] - mean_pq(reference['class_PQ'], row['absent_classes'])
+
+
+def paired_statistic(diffs_per_seed) -> dict:
+    """The paired statistic of per-seed differences (seeds with None left out)."""
+    diffs = [d for d in diffs_per_seed if d is not None]
+    mean, half = interval95(diffs) if diffs else (None, None)
+    return dict(mean=mean, half_width_95=half, n=len(diffs), values=diffs)
+
+
+def paired_cells(rows, seeds, test, reference, columns=('PQ', 'PQ_th', 'look_alike_flips')):
+    """{column: paired (test - reference) over ``seeds``}; ``test`` and ``reference`` are
+    (arm, test name)."""
+    by = {(r['arm'], r['seed'], r['test']): r for r in rows}
+    return {c: paired_statistic([difference(by[(test[0], s, test[1])],
+                                            by[(reference[0], s, reference[1])], c)
+                                 for s in seeds])
+            for c in columns}
+
+
+def against_memory_off(rows, seeds):
+    """{(arm, test): {column: paired (test - memory off)}} for every test of every arm but
+    memory off, and per arm the single-scene memories together (each seed's mean of their
+    differences, then paired over the seeds)."""
+    by = {(r['arm'], r['seed'], r['test']): r for r in rows}
+    out = {}
+    for arm in dict.fromkeys(r['arm'] for r in rows):
+        names = [t for t in dict.fromkeys(r['test'] for r in rows if r['arm'] == arm)
+                 if t != MEMORY_OFF_TEST]
+        for test in names:
+            out[(arm, test)] = paired_cells(rows, seeds, (arm, test), (arm, MEMORY_OFF_TEST),
+                                            ROBUSTNESS_COLUMNS)
+        scenes = [t for t in names if t.startswith('memory of ')]
+        if scenes:
+            cells = {}
+            for c in ROBUSTNESS_COLUMNS:
+                per_seed = []
+                for s in seeds:
+                    diffs = [difference(by[(arm, s, t)], by[(arm, s, MEMORY_OFF_TEST)], c)
+                             for t in scenes]
+                    diffs = [d for d in diffs if d is not None]
+                    per_seed.append(statistics.mean(diffs) if diffs else None)
+                cells[c] = paired_statistic(per_seed)
+            out[(arm, SCENE_MEMORIES)] = cells
+    return out
+
+
+def format_cell(cell, with_n=False):
+    if cell['mean'] is None:
+        return '-'
+    return (f'{cell["mean"]:+.2f} ± {cell["half_width_95"]:.2f}'
+            + (f' ({cell["n"]})' if with_n else ''))
 
 
 def main(argv=None):

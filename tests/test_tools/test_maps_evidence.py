@@ -169,3 +169,62 @@ def test_a_data_variant_gets_its_own_data_work_dir_and_results(evidence):
     given = evidence.parse_args(['curve', '--data-variant', 'shared_support',
                                  '--work-dir', 'w', '--data-root', 'd'])
     assert (given.data_root, given.work_dir) == ('d', 'w')
+
+
+def _row(seed, test, pq, flips, class_pq, absent=()):
+    return dict(arm='maps', seed=seed, test=test, PQ=pq, PQ_th=pq - 20,
+                look_alike_flips=flips, class_PQ=class_pq, absent_classes=list(absent),
+                PQ_absent=(sum(class_pq[c] for c in absent) / len(absent)) if absent
+                else None)
+
+
+def test_robustness_pairs_each_wrong_memory_with_memory_off_on_the_same_classes(evidence):
+    """Hand-computed: the PQ of the classes absent from a memory is compared with memory
+    off's PQ on exactly those classes; a seed whose memory lacks no class leaves that
+    column; the single-scene memories are averaged per seed, then paired."""
+    from scipy import stats
+    rows = []
+    # seed: (memory off's PQ and class PQ, lake-only row, street-only row)
+    off_pq = {0: 70.0, 1: 72.0, 2: 68.0}
+    off_classes = {0: dict(ball=60.0, buoy=40.0, car=80.0),
+                   1: dict(ball=50.0, buoy=50.0, car=70.0),
+                   2: dict(ball=70.0, buoy=30.0, car=90.0)}
+    for s in (0, 1, 2):
+        rows.append(_row(s, 'memory off', off_pq[s], 1.0, off_classes[s]))
+    # lake only: ball absent in every seed
+    rows.append(_row(0, 'memory of lake only', 60.0, 11.0, dict(ball=20.0, buoy=40.0, car=80.0),
+                     ['ball']))
+    rows.append(_row(1, 'memory of lake only', 66.0, 5.0, dict(ball=30.0, buoy=50.0, car=70.0),
+                     ['ball']))
+    rows.append(_row(2, 'memory of lake only', 60.0, 9.0, dict(ball=40.0, buoy=30.0, car=90.0),
+                     ['ball']))
+    # street only: ball and buoy absent in seeds 0 and 2; seed 1's memory lacks nothing
+    rows.append(_row(0, 'memory of street only', 66.0, 3.0,
+                     dict(ball=20.0, buoy=20.0, car=80.0), ['ball', 'buoy']))
+    rows.append(_row(1, 'memory of street only', 72.0, 1.0, dict(ball=50.0, buoy=50.0, car=70.0)))
+    rows.append(_row(2, 'memory of street only', 64.0, 1.0,
+                     dict(ball=50.0, buoy=10.0, car=90.0), ['ball', 'buoy']))
+    out = evidence.against_memory_off(rows, [0, 1, 2])
+
+    def check(cell, diffs):
+        assert cell['n'] == len(diffs)
+        assert cell['values'] == pytest.approx(diffs)
+        low, high = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs),
+                                     scale=stats.sem(diffs))
+        assert cell['mean'] == pytest.approx((low + high) / 2)
+        assert cell['half_width_95'] == pytest.approx((high - low) / 2)
+
+    lake = out[('maps', 'memory of lake only')]
+    check(lake['PQ'], [-10.0, -6.0, -8.0])
+    check(lake['PQ_th'], [-10.0, -6.0, -8.0])
+    check(lake['PQ_absent'], [20.0 - 60.0, 30.0 - 50.0, 40.0 - 70.0])
+    check(lake['look_alike_flips'], [10.0, 4.0, 8.0])
+    street = out[('maps', 'memory of street only')]
+    check(street['PQ'], [-4.0, 0.0, -4.0])
+    # seed 0: 20 against off's (60 + 40) / 2; seed 2: 30 against (70 + 30) / 2
+    check(street['PQ_absent'], [20.0 - 50.0, 30.0 - 50.0])
+    both = out[('maps', 'mean of the single-scene memories')]
+    check(both['PQ'], [-7.0, -3.0, -6.0])
+    # seed 1: only the lake row has absent classes
+    check(both['PQ_absent'], [(-40.0 - 30.0) / 2, -20.0, (-30.0 - 20.0) / 2])
+    assert ('maps', 'memory off') not in out
