@@ -4,6 +4,11 @@ headroom" from "broken" (issue 25), on the bundled synthetic set (tiny R18 model
 Designed before it was run. Phases (each reusable through run stamps, so the experiment can
 be run in parts; ``--jobs`` trainings at a time, one thread each):
 
+0. ``precheck`` (a data variant, before its regime): the key encoder's scene P@5 on the
+   variant's training images (all scene types; the look-alike scenes querying only each
+   other) and Mask2Former's look-alike flip rate at ``--size`` labels per seed. A variant
+   whose look-alike scenes the encoder cannot tell apart, or whose twins Mask2Former does
+   not confuse, has no headroom to offer the memory and is redesigned, not run.
 1. ``plateau``: Mask2Former on all 400 labelled images, one seed, validated every
    ``--val-every`` iterations up to ``--plateau-iters``: the schedule at which 400 labels has
    plateaued (PQ within ~1 point of its best over the last two validations).
@@ -49,6 +54,7 @@ one (the goal is not met); an interval covering 0 or above it means not shown wo
 resolution of its half-width; Delta PQ absent below 0 is the copying (classes the memory
 lacks lose what plain pixel evidence gives them).
 
+    python benchmarks/maps_evidence.py precheck --data-variant V --iters N --size S [--seeds]
     python benchmarks/maps_evidence.py plateau
     python benchmarks/maps_evidence.py curve --iters N
     python benchmarks/maps_evidence.py arms --iters N --size S --seeds 0 1 2 3 4 5 6 7
@@ -83,6 +89,8 @@ MEMORY_OFF = ('model.panoptic_head.use_scene_memory=False',
 OWN_MEMORY, MEMORY_OFF_TEST = 'own memory', 'memory off'
 ROBUSTNESS_COLUMNS = ('PQ', 'PQ_th', 'PQ_absent', 'look_alike_flips')
 SCENE_MEMORIES = 'mean of the single-scene memories'
+# the scene types whose look-alikes a data variant's scene alone tells apart
+LOOK_ALIKE_SCENES = ('meadow', 'lake')
 SHUFFLED = ('memory.retrieval.wrong_memory_prob=1.0', 'memory.retrieval.wrong_memory_at_test=True')
 # MAPS arms: the training options over the MAPS config
 MAPS_ARMS = {
@@ -105,7 +113,8 @@ CORE_ARMS = ('learned_tokens', 'maps_shuffled', 'maps', 'oracle')
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('phase', choices=['plateau', 'curve', 'arms', 'counterfactual'])
+    parser.add_argument('phase', choices=['precheck', 'plateau', 'curve', 'arms',
+                                          'counterfactual'])
     parser.add_argument('--plateau-iters', type=int, default=3000)
     parser.add_argument('--val-every', type=int, default=500)
     parser.add_argument('--iters', type=int, help='the schedule (from the plateau phase)')
@@ -115,8 +124,11 @@ def parse_args(argv=None):
                         help='the MAPS arms to train and test (arms: '
                         f'{" ".join(CORE_ARMS)}; counterfactual: maps; Mask2Former is always '
                         'the reference of the arms phase)')
-    parser.add_argument('--maps-config', default=MAPS)
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--maps-config', default=MAPS,
+                        help='the MAPS config of every MAPS arm (another than the default '
+                        'gets its own work dir and published names)')
+    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2],
+                        help='none: precheck measures the key encoder only')
     parser.add_argument('--jobs', type=int, default=2, help='trainings run at once')
     parser.add_argument('--data-variant', default='bundled', choices=sorted(SCENE_VARIANTS),
                         help='the synthetic data drawn (make_synthetic_panoptic.py --variant); '
@@ -127,9 +139,15 @@ def parse_args(argv=None):
     parser.add_argument('--publish', action='store_true',
                         help='write benchmarks/results/maps_evidence[_VARIANT]_PHASE.{json,md}')
     args = parser.parse_args(argv)
+    if not args.seeds and args.phase != 'precheck':
+        parser.error(f'{args.phase} needs --seeds')
     suffix = '' if args.data_variant == 'bundled' else f'_{args.data_variant}'
-    args.work_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
     args.data_root = args.data_root or f'data/synthetic{suffix}'
+    # another MAPS config: its own runs (the arms' stamps would retrain over each other) and
+    # published names
+    if osp.normpath(args.maps_config) != osp.normpath(MAPS):
+        suffix += '_' + osp.splitext(osp.basename(args.maps_config))[0]
+    args.work_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
     args.results_name = f'maps_evidence{suffix}'
     return args
 
@@ -151,6 +169,54 @@ def labelled_subset(args, size, seed):
     dst = osp.join(args.work_dir, 'annotations', f'panoptic_train_n{size}_seed{seed}.json')
     write_subset(src, dst, size, seed=seed)
     return osp.abspath(dst)
+
+
+def precheck(args):
+    """A data variant's pre-checks, before its regime is measured: can the memory's key
+    encoder tell the look-alike scenes apart (scene P@5 of the variant's training images,
+    all scene types, and the look-alike scenes querying only each other), and does
+    Mask2Former at ``--size`` labelled images and ``--iters`` iterations confuse the twins
+    (look-alike flip rate per seed)?"""
+    from mmengine.config import Config
+    from mmmaps.memory.encoders.self_supervised import (encode_image_files, load_scene_labels,
+                                                        scene_retrieval_quality)
+    if args.seeds and not (args.iters and args.size):
+        raise SystemExit('maps_evidence.py precheck: give --iters and --size (or no --seeds)')
+    ann = osp.join(args.data_root, 'annotations', 'panoptic_train.json')
+    files, scenes = load_scene_labels(ann, osp.join(args.data_root, 'train'))
+    keys = encode_image_files(Config.fromfile(args.maps_config).memory.key_encoder, files)
+    twins = [i for i, s in enumerate(scenes) if s in LOOK_ALIKE_SCENES]
+    retrieval = {
+        'all scene types': scene_retrieval_quality(keys, scenes, k=5),
+        ' / '.join(LOOK_ALIKE_SCENES) + ' only': scene_retrieval_quality(
+            keys[twins], [scenes[i] for i in twins], k=5)}
+
+    def one(seed):
+        work, config, options = arm_run(args, 'mask2former', seed,
+                                        labelled_subset(args, args.size, seed), None)
+        return seed, evaluate(args, work, config, 'test', options)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        flips = dict(pool.map(one, args.seeds))
+    lines = [f'Pre-checks of the data in {args.data_root} ({args.data_variant}): the key encoder '
+             f'of {osp.basename(args.maps_config)} on the {len(files)} training images, each '
+             'querying the others:', '',
+             '| images | scene P@5 | chance | mAP |', '|---|---|---|---|']
+    for name, q in retrieval.items():
+        lines.append(f'| {name} | {q["precision_at_k"]:.3f} | {q["chance"]:.3f} | '
+                     f'{q["mean_average_precision"]:.3f} |')
+    lines += ['', f'Mask2Former, {args.iters} iterations on {args.size} labelled images:'
+              if flips else 'Mask2Former: not run (no --seeds).', '']
+    if flips:
+        lines += ['| seed | PQ | PQ_th | look-alike flips |', '|---|---|---|---|']
+    for seed, r in flips.items():
+        lines.append(f'| {seed} | {r["PQ"]:.1f} | {r["PQ_th"]:.1f} | '
+                     f'{r["look_alike_flips"]:.1f} % |')
+    if len(flips) > 1:
+        mean = statistics.mean(r['look_alike_flips'] for r in flips.values())
+        lines.append(f'| mean | | | {mean:.1f} % |')
+    return dict(retrieval=retrieval, mask2former={str(s): r for s, r in flips.items()}), \
+        '\n'.join(lines)
 
 
 def plateau(args):
@@ -607,7 +673,7 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.time()
     prepare(args)
-    payload, text = dict(plateau=plateau, curve=curve, arms=arms,
+    payload, text = dict(precheck=precheck, plateau=plateau, curve=curve, arms=arms,
                          counterfactual=counterfactual)[args.phase](args)
     payload.update(params=vars(args), wall_seconds=time.time() - start)
     print('\n' + text)

@@ -96,34 +96,9 @@ def ensure_default_pool(size):
     return osp.join(DEFAULT_POOL, 'train')
 
 
-def load_scene_labels(ann_file, image_dir):
-    with open(ann_file) as f:
-        images = json.load(f)['images']
-    missing = [im.get('file_name') for im in images if 'scene' not in im]
-    if missing:
-        raise KeyError(f'{ann_file}: images without a `scene` field (e.g. {missing[0]}); '
-                       'scene-retrieval quality needs the scene type of every image')
-    return [osp.join(image_dir, im['file_name']) for im in images], [im['scene'] for im in images]
-
-
-def encode_keys(encoder_cfg, files):
-    """Keys of the image files as the memory builder computes them: each image at its own
-    size, the encoder's preprocessing."""
-    import mmcv
-    import torch
-    from mmmaps.memory.encoders import build_memory_encoder
-    encoder = build_memory_encoder(encoder_cfg)
-    keys = []
-    with torch.no_grad():
-        for start in range(0, len(files), 64):
-            images = [torch.from_numpy(mmcv.imread(path, channel_order='rgb')).permute(2, 0, 1)
-                      .float() for path in files[start:start + 64]]
-            keys.append(encoder(images))
-    return torch.cat(keys)
-
-
 def measure_quality(args, out, image_size):
-    from mmmaps.memory.encoders.self_supervised import scene_retrieval_quality
+    from mmmaps.memory.encoders.self_supervised import (encode_image_files, load_scene_labels,
+                                                        scene_retrieval_quality)
     image_dir = args.eval_images or osp.join(
         osp.dirname(osp.dirname(args.eval_ann)),
         osp.splitext(osp.basename(args.eval_ann))[0].replace('panoptic_', ''))
@@ -139,7 +114,7 @@ def measure_quality(args, out, image_size):
                                                       arch=REFERENCE_ARCH, seed=0)
     quality = {}
     for name, cfg in rows.items():
-        quality[name] = scene_retrieval_quality(encode_keys(cfg, files), labels, k=5)
+        quality[name] = scene_retrieval_quality(encode_image_files(cfg, files), labels, k=5)
     return dict(eval_ann=args.eval_ann, rows=quality)
 
 

@@ -27,7 +27,7 @@ import os.path as osp
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -79,11 +79,14 @@ class SceneType:
     """A scene: stuff bands top to bottom and the things it may contain.
 
     ``bands`` are (stuff class, relative height) from top to bottom; ``things``
-    maps a thing class to (the stuff it stands on, relative frequency).
+    maps a thing class to (the stuff it stands on, relative frequency); ``streaks``
+    (stuff class, angle in degrees, 0 = horizontal) draws that band with parallel light
+    and dark stripes at about that angle.
     """
     name: str
     bands: Tuple[Tuple[str, float], ...]
     things: Dict[str, Tuple[str, float]]
+    streaks: Optional[Tuple[str, float]] = None
 
 
 SCENE_TYPES = (
@@ -104,13 +107,29 @@ SCENE_TYPES = (
 # next to the object. ``shared_support`` moves that decision off the object's neighbourhood
 # without removing it from the image: at a lake, buoys and seals stand on a larger grass band,
 # where a meadow has balls and dogs, so a disc or an animal on grass is told apart only by the
-# water elsewhere in the image.
+# water elsewhere in the image. ``sky_texture`` leaves a single cue: meadow and lake have the
+# same bands (sky over grass) and the same thing frequencies (the twins' classes swapped), and
+# only the sky's stripes, horizontal in a meadow and vertical at a lake, tell them apart
+# (not its colour: the stand-in encoder is trained to ignore tints).
+_SKY_TEXTURE_THINGS = (('grass', 3.), ('grass', 3.), ('grass', 2.))
 SCENE_VARIANTS = {
     'bundled': SCENE_TYPES,
     'shared_support': SCENE_TYPES[:3] + (
         SceneType('lake', (('sky', 0.25), ('grass', 0.40), ('water', 0.35)),
                   {'boat': ('water', 3.), 'buoy': ('grass', 3.), 'seal': ('grass', 1.)}),),
+    'sky_texture': (
+        SCENE_TYPES[0],
+        SceneType('meadow', SCENE_TYPES[1].bands,
+                  dict(zip(('ball', 'dog', 'person'), _SKY_TEXTURE_THINGS)),
+                  streaks=('sky', 0.)),
+        SCENE_TYPES[2],
+        SceneType('lake', SCENE_TYPES[1].bands,
+                  dict(zip(('buoy', 'seal', 'person'), _SKY_TEXTURE_THINGS)),
+                  streaks=('sky', 90.))),
 }
+# the stripes of ``SceneType.streaks``: amplitude (0-255 scale), period range in pixels and
+# the angle's jitter in degrees
+STREAK_AMPLITUDE, STREAK_PERIOD, STREAK_JITTER = 10.0, (6.0, 10.0), 15.0
 
 
 def categories() -> List[dict]:
@@ -136,6 +155,18 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     """Low-frequency noise in [-1, 1] of shape (h, w)."""
     grid = rng.uniform(-1, 1, size=(cells + 1, cells + 1)).astype(np.float32)
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _stripes(rng: np.random.Generator, h: int, w: int, angle: float) -> np.ndarray:
+    """(h, w) parallel stripes at ``angle`` degrees (0 = horizontal) +- STREAK_JITTER, a
+    random period in STREAK_PERIOD and phase, amplitude STREAK_AMPLITUDE."""
+    theta = np.deg2rad(angle + rng.uniform(-STREAK_JITTER, STREAK_JITTER))
+    period = rng.uniform(*STREAK_PERIOD)
+    phase = rng.uniform(0, 2 * np.pi)
+    y, x = np.mgrid[:h, :w].astype(np.float32)
+    # the wave runs across the stripes: along (-sin, cos) of their direction
+    across = -x * np.sin(theta) + y * np.cos(theta)
+    return (STREAK_AMPLITUDE * np.sin(2 * np.pi * across / period + phase)).astype(np.float32)
 
 
 def _wavy_boundaries(rng: np.random.Generator, bands, h: int, w: int) -> np.ndarray:
@@ -221,6 +252,9 @@ def render_image(rng: np.random.Generator, height: int, width: int, min_area: in
         tex = _STUFF_TEXTURE[stuff]
         layer = colour[None, None] + tex * _smooth_noise(rng, h, w, 6)[..., None] \
             + 0.5 * tex * rng.standard_normal((h, w, 1)).astype(np.float32)
+        # drawn only for a scene with streaks: every other scene's random stream is unchanged
+        if scene.streaks and scene.streaks[0] == stuff:
+            layer = layer + _stripes(rng, h, w, scene.streaks[1])[..., None]
         image[region] = layer[region]
 
     # Things: sampled from the scene's list, standing on their supporting stuff.

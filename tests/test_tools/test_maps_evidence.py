@@ -169,6 +169,16 @@ def test_a_data_variant_gets_its_own_data_work_dir_and_results(evidence):
     given = evidence.parse_args(['curve', '--data-variant', 'shared_support',
                                  '--work-dir', 'w', '--data-root', 'd'])
     assert (given.data_root, given.work_dir) == ('d', 'w')
+    # another MAPS config never trains over the default config's stamped arms
+    other = evidence.parse_args(['arms', '--data-variant', 'sky_texture',
+                                 '--maps-config', 'configs/maps/other.py'])
+    assert (other.data_root, other.work_dir, other.results_name) == \
+        ('data/synthetic_sky_texture', 'work_dirs/maps_evidence_sky_texture_other',
+         'maps_evidence_sky_texture_other')
+    same = evidence.parse_args(['arms', '--maps-config', './' + evidence.MAPS])
+    assert same.work_dir == 'work_dirs/maps_evidence'
+    with pytest.raises(SystemExit):
+        evidence.parse_args(['arms', '--seeds'])
 
 
 def _row(seed, test, pq, flips, class_pq, absent=()):

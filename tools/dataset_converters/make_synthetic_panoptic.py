@@ -31,8 +31,9 @@ def parse_args(argv=None):
     parser.add_argument('--variant', default='bundled', choices=sorted(SCENE_VARIANTS),
                         help="the scene types drawn from: 'bundled' (every config's dataset) "
                         "or 'shared_support' (buoys and seals at a lake stand on grass, like "
-                        "balls and dogs in a meadow: the twin is told by the scene only; "
-                        'docs/en/maps_evidence.md)')
+                        "balls and dogs in a meadow: the twin is told by the scene only) or "
+                        "'sky_texture' (meadow and lake alike but for the sky's stripes, "
+                        "horizontal or vertical); docs/en/maps_evidence.md")
     parser.add_argument('--no-progress', action='store_true')
     return parser.parse_args(argv)
 

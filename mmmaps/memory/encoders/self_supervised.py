@@ -23,6 +23,7 @@ colour is what tells a beach from a street, and CLIP's own training keeps colour
 precision@k of nearest-neighbour retrieval and the cosine similarity spread (top-1 neighbour
 vs a random pair), the numbers that separate a useful key space from a collapsed one.
 """
+import json
 import math
 import os
 import os.path as osp
@@ -38,7 +39,7 @@ from .weights import CLIP_MEAN, CLIP_STD, register_open_clip_configs, seeded_ini
 
 __all__ = ['IMAGE_SUFFIXES', 'list_images', 'load_image_pool', 'random_views', 'nt_xent_loss',
            'ProjectionHead', 'tower_image_size', 'build_open_clip_model', 'pretrain_clip_visual',
-           'scene_retrieval_quality']
+           'load_scene_labels', 'encode_image_files', 'scene_retrieval_quality']
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
@@ -231,6 +232,32 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
     for param in visual.parameters():
         param.requires_grad_(False)
     return losses
+
+
+def load_scene_labels(ann_file: str, image_dir: str):
+    """(image paths, scene types) of a COCO file whose images carry a ``scene`` field."""
+    with open(ann_file) as f:
+        images = json.load(f)['images']
+    missing = [im.get('file_name') for im in images if 'scene' not in im]
+    if missing:
+        raise KeyError(f'{ann_file}: images without a `scene` field (e.g. {missing[0]}); '
+                       'scene-retrieval quality needs the scene type of every image')
+    return [osp.join(image_dir, im['file_name']) for im in images], [im['scene'] for im in images]
+
+
+def encode_image_files(encoder_cfg: dict, files: Sequence[str]) -> Tensor:
+    """(N, E) keys of the image files as the memory builder computes them: each image at
+    its own size, the encoder's preprocessing."""
+    import mmcv
+    from mmmaps.memory.encoders import build_memory_encoder
+    encoder = build_memory_encoder(encoder_cfg)
+    keys = []
+    with torch.no_grad():
+        for start in range(0, len(files), 64):
+            images = [torch.from_numpy(mmcv.imread(path, channel_order='rgb')).permute(2, 0, 1)
+                      .float() for path in files[start:start + 64]]
+            keys.append(encoder(images))
+    return torch.cat(keys)
 
 
 def scene_retrieval_quality(keys: Tensor, labels: Sequence, k: int = 5,
