@@ -59,13 +59,14 @@ lacks lose what plain pixel evidence gives them).
     python benchmarks/maps_evidence.py curve --iters N
     python benchmarks/maps_evidence.py arms --iters N --size S --seeds 0 1 2 3 4 5 6 7
     python benchmarks/maps_evidence.py counterfactual --iters N --size S --seeds 0 1 ...
-        [--arms maps maps_wrong50 maps_whole_masking]
+        [--arms maps maps_wrong50 maps_whole_masking] [--results-tag seeds0-3] [--publish]
 """
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
 
 import argparse
 import json
 import os.path as osp
+import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -137,8 +138,15 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='default work_dirs/maps_evidence[_VARIANT]')
     parser.add_argument('--data-root', help='default data/synthetic[_VARIANT]')
     parser.add_argument('--publish', action='store_true',
-                        help='write benchmarks/results/maps_evidence[_VARIANT]_PHASE.{json,md}')
+                        help='write benchmarks/results/maps_evidence[_VARIANT]_PHASE[_TAG]'
+                        '.{json,md}')
+    parser.add_argument('--results-tag',
+                        help='appended to the published name, for a run over other arms or '
+                        'seeds than the main one of its phase (e.g. seeds0-3)')
     args = parser.parse_args(argv)
+    if args.results_tag is not None and not re.fullmatch(r'[A-Za-z0-9.-]+', args.results_tag):
+        parser.error(f'--results-tag {args.results_tag!r}: letters, digits, "." and "-" only '
+                     '(it becomes part of a file name)')
     if not args.seeds and args.phase != 'precheck':
         parser.error(f'{args.phase} needs --seeds')
     suffix = '' if args.data_variant == 'bundled' else f'_{args.data_variant}'
@@ -150,6 +158,12 @@ def parse_args(argv=None):
     args.work_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
     args.results_name = f'maps_evidence{suffix}'
     return args
+
+
+def published_name(args) -> str:
+    """The file name (no extension) under benchmarks/results/ of a --publish run."""
+    tag = f'_{args.results_tag}' if args.results_tag else ''
+    return f'{args.results_name}_{args.phase}{tag}'
 
 
 def prepare(args):
@@ -681,7 +695,7 @@ def main(argv=None):
     with open(osp.join(args.work_dir, f'{args.phase}.json'), 'w') as f:
         json.dump(payload, f, indent=2)
     if args.publish:
-        publish(f'{args.results_name}_{args.phase}', payload, text)
+        publish(published_name(args), payload, text)
     return 0
 
 

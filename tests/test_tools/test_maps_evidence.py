@@ -181,6 +181,19 @@ def test_a_data_variant_gets_its_own_data_work_dir_and_results(evidence):
         evidence.parse_args(['arms', '--seeds'])
 
 
+def test_a_results_tag_publishes_beside_the_main_run_of_its_phase(evidence):
+    """A run over fewer seeds (or other arms) never overwrites the main published run."""
+    main = evidence.parse_args(['counterfactual', '--data-variant', 'shared_support'])
+    assert evidence.published_name(main) == 'maps_evidence_shared_support_counterfactual'
+    part = evidence.parse_args(['counterfactual', '--data-variant', 'shared_support',
+                                '--results-tag', 'seeds0-3'])
+    assert evidence.published_name(part) == \
+        'maps_evidence_shared_support_counterfactual_seeds0-3'
+    for bad in ('../x', 'a/b', 'a b', ''):
+        with pytest.raises(SystemExit):
+            evidence.parse_args(['counterfactual', '--results-tag', bad])
+
+
 def _row(seed, test, pq, flips, class_pq, absent=()):
     return dict(arm='maps', seed=seed, test=test, PQ=pq, PQ_th=pq - 20,
                 look_alike_flips=flips, class_PQ=class_pq, absent_classes=list(absent),
