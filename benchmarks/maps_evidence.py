@@ -59,7 +59,7 @@ lacks lose what plain pixel evidence gives them).
     python benchmarks/maps_evidence.py curve --iters N
     python benchmarks/maps_evidence.py arms --iters N --size S --seeds 0 1 2 3 4 5 6 7
     python benchmarks/maps_evidence.py counterfactual --iters N --size S --seeds 0 1 ...
-        [--arms maps maps_wrong50 maps_whole_masking] [--results-tag seeds0-3] [--publish]
+        [--arms maps maps_wrong50 maps_whole_masking] [--results-tag seeds0-5] [--publish]
 """
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
 
@@ -142,7 +142,7 @@ def parse_args(argv=None):
                         '.{json,md}')
     parser.add_argument('--results-tag',
                         help='appended to the published name, for a run over other arms or '
-                        'seeds than the main one of its phase (e.g. seeds0-3)')
+                        'seeds than the main one of its phase (e.g. seeds0-5)')
     args = parser.parse_args(argv)
     if args.results_tag is not None and not re.fullmatch(r'[A-Za-z0-9.-]+', args.results_tag):
         parser.error(f'--results-tag {args.results_tag!r}: letters, digits, "." and "-" only '
