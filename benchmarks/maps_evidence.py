@@ -151,6 +151,9 @@ def parse_args(argv=None):
         parser.error(f'{args.phase} needs --seeds')
     suffix = '' if args.data_variant == 'bundled' else f'_{args.data_variant}'
     args.data_root = args.data_root or f'data/synthetic{suffix}'
+    # Mask2Former's runs (plateau, curve, the arms' reference) do not depend on the MAPS
+    # config: every MAPS config of a variant is paired with the same ones
+    args.mask2former_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
     # another MAPS config: its own runs (the arms' stamps would retrain over each other) and
     # published names
     if osp.normpath(args.maps_config) != osp.normpath(MAPS):
@@ -234,7 +237,7 @@ def precheck(args):
 
 
 def plateau(args):
-    work = osp.join(args.work_dir, 'plateau', f'mask2former_n{FULL_SIZE}_seed0')
+    work = osp.join(args.mask2former_dir, 'plateau', f'mask2former_n{FULL_SIZE}_seed0')
     options = schedule(args.plateau_iters, args.val_every) + ['randomness.seed=0']
     seconds = stamped_training(work, MASK2FORMER, options)
     curve = validation_curve(osp.join(work, 'train'))
@@ -275,7 +278,7 @@ def curve(args):
 
     def one(job):
         size, seed = job
-        work = osp.join(args.work_dir, f'iters{args.iters}', f'mask2former_n{size}_seed{seed}')
+        work = osp.join(args.mask2former_dir, f'iters{args.iters}', f'mask2former_n{size}_seed{seed}')
         ann = labelled_subset(args, size, seed)
         options = schedule(args.iters) + [f'randomness.seed={seed}',
                                           f'train_dataloader.dataset.ann_file={ann}']
@@ -461,7 +464,8 @@ def seed_inputs(args, seed, oracle=False):
 def arm_run(args, arm, seed, ann, memory, oracle=None):
     """Train (stamped) arm ``arm`` of seed ``seed`` on ``ann`` (MAPS arms: with the memory
     ``memory``, the oracle arm with ``oracle``); (work dir, config, test options)."""
-    work = osp.join(args.work_dir, f'iters{args.iters}', f'{arm}_n{args.size}_seed{seed}')
+    runs = args.mask2former_dir if arm == 'mask2former' else args.work_dir
+    work = osp.join(runs, f'iters{args.iters}', f'{arm}_n{args.size}_seed{seed}')
     common = [f'randomness.seed={seed}']
     if arm == 'mask2former':
         config, arm_options = MASK2FORMER, []

@@ -7,7 +7,10 @@ through ``pretrained=PATH`` exactly like real CLIP weights.
 
 By default the pool is ``data/synthetic_pool/train``: 4000 images of the bundled generator
 drawn with seed 1, disjoint from the labelled dataset (seed 0) and 10x its 400 training
-images; it is generated when missing. Only the image files are read, never annotations.
+images; it is generated when missing. Only the image files are read, never annotations,
+unless ``--captions ANN`` gives every pool image a caption (its scene type): then CLIP's
+image-to-caption term is trained too, the stand-in for the knowledge CLIP gets from text
+(issue 25: a key encoder that knows what the detector's few labels do not teach).
 
 Writes ``OUT`` (the full open_clip state dict: the trained visual tower and the untrained,
 seeded text tower) and ``OUT.json`` (parameters, pool digest, loss curve, wall time and,
@@ -51,6 +54,12 @@ def parse_args(argv=None):
                         help='smallest area fraction of a random crop')
     parser.add_argument('--tint', type=float, default=25.0,
                         help='per-channel colour offset range of the views (0-255 scale)')
+    parser.add_argument('--captions', default=None,
+                        help='COCO JSON whose images carry a `scene` field: each pool image '
+                        '(matched by file name) gets its scene type as caption and is also '
+                        "trained with CLIP's image-to-caption term, the stand-in for what "
+                        'CLIP learns from text (default: unlabelled, SimCLR only)')
+    parser.add_argument('--caption-temperature', type=float, default=0.1)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--load-size', type=int, default=128,
                         help='pool images are resized/cropped to this square on loading')
@@ -76,6 +85,21 @@ def pool_digest(files):
         with open(path, 'rb') as f:
             digest.update(hashlib.sha256(f.read()).digest())
     return digest.hexdigest()
+
+
+def pool_captions(files, ann_file):
+    """(caption index per pool file, sorted caption names) from ``ann_file``'s `scene`
+    fields, matched by file name; every pool file must have one."""
+    from mmmaps.memory.encoders.self_supervised import load_scene_labels
+    paths, scenes = load_scene_labels(ann_file, '')
+    scene_of = dict(zip(map(osp.basename, paths), scenes))
+    missing = [osp.basename(f) for f in files if osp.basename(f) not in scene_of]
+    if missing:
+        sys.exit(f'pretrain_encoder.py: error: --captions {ann_file} has no image named '
+                 f'{missing[0]} ({len(missing)} of the {len(files)} pool images have no '
+                 'caption); give the annotation file of the pool')
+    names = sorted({scene_of[osp.basename(f)] for f in files})
+    return [names.index(scene_of[osp.basename(f)]) for f in files], names
 
 
 def ensure_default_pool(size):
@@ -208,6 +232,13 @@ def main(argv=None):
                   tint=args.tint, seed=args.seed, load_size=args.load_size,
                   pool_digest=pool_digest(files), pool_images=len(files),
                   objective='SimCLR NT-Xent, 2 views/image')
+    captions = None
+    if args.captions:
+        captions, names = pool_captions(files, args.captions)
+        params.update(objective='SimCLR NT-Xent + image-to-caption, 2 views/image',
+                      caption_names=names, caption_temperature=args.caption_temperature,
+                      captions_digest=hashlib.sha256(json.dumps(
+                          [names[c] for c in captions]).encode()).hexdigest())
     meta_file = args.out + '.json'
     if not args.force and osp.isfile(args.out):  # written here (check_out_file)
         with open(meta_file) as f:
@@ -218,7 +249,8 @@ def main(argv=None):
             if 'quality' in meta:
                 print_quality(meta['quality'])
             return 0
-    print(f'pretraining {args.arch} on {len(files)} unlabelled images of {pool_dir} '
+    print(f'pretraining {args.arch} on {len(files)} '
+          f'{"captioned" if captions else "unlabelled"} images of {pool_dir} '
           f'({args.steps} steps x {args.batch_size} images, 2 views each, '
           f'{torch.get_num_threads()} threads)')
     pool = load_image_pool(files, args.load_size)
@@ -226,7 +258,9 @@ def main(argv=None):
     start = time.time()
     losses = pretrain_clip_visual(model, pool, args.steps, args.batch_size, args.seed,
                                   lr=args.lr, temperature=args.temperature,
-                                  crop_scale=(args.min_crop_scale, 1.0), tint=args.tint)
+                                  crop_scale=(args.min_crop_scale, 1.0), tint=args.tint,
+                                  captions=None if captions is None else torch.tensor(captions),
+                                  caption_temperature=args.caption_temperature)
     seconds = time.time() - start
     meta = save_state_dict(model.state_dict(), args.out, dict(
         params=params, pool=osp.abspath(pool_dir), train_seconds=seconds,

@@ -177,8 +177,28 @@ def test_a_data_variant_gets_its_own_data_work_dir_and_results(evidence):
          'maps_evidence_sky_texture_other')
     same = evidence.parse_args(['arms', '--maps-config', './' + evidence.MAPS])
     assert same.work_dir == 'work_dirs/maps_evidence'
+    # but Mask2Former's runs are the variant's, whichever MAPS config they are paired with
+    assert other.mask2former_dir == 'work_dirs/maps_evidence_sky_texture'
+    assert given.mask2former_dir == 'w'
     with pytest.raises(SystemExit):
         evidence.parse_args(['arms', '--seeds'])
+
+
+def test_mask2former_trains_once_per_variant_whatever_the_maps_config(evidence, monkeypatch):
+    trained = []
+    monkeypatch.setattr(evidence, 'stamped_training',
+                        lambda work, config, options: trained.append((work, config)))
+    for maps_config in (evidence.MAPS, 'configs/maps/other.py'):
+        args = evidence.parse_args(['arms', '--data-variant', 'sky_texture', '--iters', '7',
+                                    '--size', '5', '--maps-config', maps_config])
+        evidence.arm_run(args, 'mask2former', 3, 'ann.json', None)
+        evidence.arm_run(args, 'maps', 3, 'ann.json', 'memory')
+    assert trained == [
+        ('work_dirs/maps_evidence_sky_texture/iters7/mask2former_n5_seed3', evidence.MASK2FORMER),
+        ('work_dirs/maps_evidence_sky_texture/iters7/maps_n5_seed3', evidence.MAPS),
+        ('work_dirs/maps_evidence_sky_texture/iters7/mask2former_n5_seed3', evidence.MASK2FORMER),
+        ('work_dirs/maps_evidence_sky_texture_other/iters7/maps_n5_seed3',
+         'configs/maps/other.py')]
 
 
 def test_a_results_tag_publishes_beside_the_main_run_of_its_phase(evidence):

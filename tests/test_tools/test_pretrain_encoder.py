@@ -144,3 +144,55 @@ def test_scene_retrieval_mean_average_precision_hand_case():
     assert q['top1_similarity'] == pytest.approx(
         (math.cos(math.radians(20)) * 2 + math.cos(math.radians(30)) + math.cos(math.radians(40)))
         / 4, rel=1e-5)
+
+
+def test_caption_loss_matches_hand_computed_case():
+    import math
+    from mmmaps.memory.encoders.self_supervised import caption_loss
+    images = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    table = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    t = 0.5
+    # image 0 (1, 0) vs captions (1, 0), (0, 1): cosines 1, 0; its caption is 1
+    # image 1 (1, 1)/sqrt2: cosines 1/sqrt2 each, so its loss is log 2 whatever t
+    l0 = -math.log(math.exp(0) / (math.exp(1 / t) + math.exp(0)))
+    l1 = -math.log(0.5)
+    assert math.isclose(float(caption_loss(images, table, torch.tensor([1, 0]), t)),
+                        (l0 + l1) / 2, rel_tol=1e-6)
+
+
+def test_captions_pull_the_images_of_a_caption_together(synthetic_root):
+    """Captions unrelated to the images' content (alternating by file order): after the
+    same 25 steps from the same seed, the caption term brings the images of a caption nearer
+    each other than those of the other caption; SimCLR alone has no reason to."""
+    from mmmaps.memory.encoders.self_supervised import (build_open_clip_model, list_images,
+                                                        load_image_pool, pretrain_clip_visual)
+    from mmmaps.memory.encoders.weights import CLIP_MEAN, CLIP_STD
+    pool = load_image_pool(list_images(osp.join(synthetic_root, 'train'))[:8], 64)
+    captions = torch.arange(8) % 2
+    same = (captions[:, None] == captions[None]) & ~torch.eye(8, dtype=torch.bool)
+    other = captions[:, None] != captions[None]
+    images = torch.nn.functional.interpolate(pool.float(), size=112)
+    images = (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        CLIP_STD).view(1, 3, 1, 1)
+    gap = {}
+    for name, given in (('self-supervised', None), ('captioned', captions)):
+        model = build_open_clip_model('mmmaps-ViT-Ti-16-112', 0)
+        pretrain_clip_visual(model, pool, steps=25, batch_size=8, seed=0, lr=2e-3,
+                             captions=given, log=None)
+        with torch.no_grad():
+            keys = torch.nn.functional.normalize(model.visual(images), dim=1)
+        cosine = keys @ keys.t()
+        gap[name] = float(cosine[same].mean() - cosine[other].mean())
+    # measured (cosine gap, captioned / self-supervised): these images 0.19 / 0.00, the first
+    # 8 of shared_support 0.98 / 0.26, of sky_texture 0.14 / 0.00; a caption term that is
+    # not wired in trains the same model twice (equal gaps)
+    assert gap['captioned'] > gap['self-supervised'] + 0.1, gap
+
+
+def test_captions_must_name_every_pool_image(synthetic_root, tmp_path):
+    ann = tmp_path / 'captions.json'
+    ann.write_text(json.dumps(dict(images=[dict(file_name='elsewhere.jpg', scene='lake')])))
+    with pytest.raises(SystemExit, match='has no image named'):
+        pretrain_encoder.main(['--pool', osp.join(synthetic_root, 'train'), '--out',
+                               str(tmp_path / 'e.pt'), '--captions', str(ann), '--steps', '1',
+                               '--eval-ann', ''])

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from .weights import CLIP_MEAN, CLIP_STD, register_open_clip_configs, seeded_init
 
 __all__ = ['IMAGE_SUFFIXES', 'list_images', 'load_image_pool', 'random_views', 'nt_xent_loss',
-           'ProjectionHead', 'tower_image_size', 'build_open_clip_model', 'pretrain_clip_visual',
+           'caption_loss', 'ProjectionHead', 'tower_image_size', 'build_open_clip_model', 'pretrain_clip_visual',
            'load_scene_labels', 'encode_image_files', 'scene_retrieval_quality']
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
@@ -132,6 +132,20 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, partner)
 
 
+def caption_loss(image_embeddings: Tensor, caption_embeddings: Tensor, captions: Tensor,
+                 temperature: float) -> Tensor:
+    """CLIP's image-to-text term where every image has one caption out of a fixed set: each
+    image must pick its own caption among all of them (cosine / temperature, cross-entropy).
+
+    Args:
+        image_embeddings: (B, E) image embeddings (normalised here).
+        caption_embeddings: (C, E) one embedding per caption (normalised here).
+        captions: (B,) long, the caption of each image, in [0, C).
+    """
+    logits = F.normalize(image_embeddings, dim=1) @ F.normalize(caption_embeddings, dim=1).t()
+    return F.cross_entropy(logits / temperature, captions)
+
+
 class ProjectionHead(nn.Module):
     """SimCLR projection MLP used only during pretraining: (B, E) -> (B, out_dims)."""
 
@@ -166,8 +180,10 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
                          seed: int, lr: float = 1e-3, weight_decay: float = 0.05,
                          temperature: float = 0.5, crop_scale=(0.5, 1.0), tint: float = 25.0,
                          warmup_steps: Optional[int] = None,
+                         captions: Optional[Tensor] = None, caption_temperature: float = 0.1,
                          log_every: int = 20, log=print) -> List[float]:
-    """Train ``model.visual`` in place with NT-Xent on ``pool``; returns the loss per step.
+    """Train ``model.visual`` in place with NT-Xent on ``pool`` (plus, with ``captions``,
+    CLIP's image-to-caption term); returns the loss per step.
 
     Deterministic for a seed (and a fixed number of torch threads): the projection head's
     init, the batches (a fresh permutation of the pool per epoch) and the views all come
@@ -183,18 +199,31 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
             then cosine decay to 0.
         temperature: NT-Xent temperature.
         crop_scale, tint: view augmentation (:func:`random_views`).
+        captions: (N,) long, one caption per pool image (e.g. its scene type), or None
+            (self-supervised only). With captions a learned embedding per caption (the text
+            tower in miniature, discarded after training) is added, and both views of each
+            image must pick their caption (:func:`caption_loss`, ``caption_temperature``):
+            what CLIP learns from text, for a stand-in that should know what the detector's
+            few labels do not teach.
     """
     visual = model.visual
     image_size = tower_image_size(visual)
     if len(pool) < 2:
         raise ValueError(f'The image pool needs at least 2 images, got {len(pool)}')
     batch_size = min(batch_size, len(pool))
+    if captions is not None and captions.shape != (len(pool),):
+        raise ValueError(f'captions: one per pool image expected, shape ({len(pool)},), got '
+                         f'{tuple(captions.shape)}')
     with seeded_init(seed + 1):
         head = ProjectionHead(int(visual.output_dim))
+        caption_table = None if captions is None else nn.Parameter(
+            0.02 * torch.randn(int(captions.max()) + 1, int(visual.output_dim)))
     visual.train()
     for param in visual.parameters():
         param.requires_grad_(True)
     params = list(visual.parameters()) + list(head.parameters())
+    if caption_table is not None:
+        params.append(caption_table)
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay),
@@ -212,13 +241,17 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
     for step in range(steps):
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(pool), generator=generator), 0
-        images = pool[order[cursor:cursor + batch_size]]
+        batch = order[cursor:cursor + batch_size]
         cursor += batch_size
         views = torch.cat([
-            random_views(images, image_size, generator, scale=crop_scale, tint=tint)
+            random_views(pool[batch], image_size, generator, scale=crop_scale, tint=tint)
             for _ in range(2)])
-        z = head(visual(views))
+        embeddings = visual(views)
+        z = head(embeddings)
         loss = nt_xent_loss(z[:batch_size], z[batch_size:], temperature)
+        if caption_table is not None:
+            loss = loss + caption_loss(embeddings, caption_table, captions[batch].repeat(2),
+                                       caption_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
