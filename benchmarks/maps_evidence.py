@@ -151,9 +151,10 @@ def parse_args(argv=None):
         parser.error(f'{args.phase} needs --seeds')
     suffix = '' if args.data_variant == 'bundled' else f'_{args.data_variant}'
     args.data_root = args.data_root or f'data/synthetic{suffix}'
-    # Mask2Former's runs (plateau, curve, the arms' reference) do not depend on the MAPS
-    # config: every MAPS config of a variant is paired with the same ones
-    args.mask2former_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
+    # the variant's labelled subsets and Mask2Former's runs (plateau, curve, the arms'
+    # reference) do not depend on the MAPS config: every MAPS config of a variant is paired
+    # with the same ones
+    args.variant_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
     # another MAPS config: its own runs (the arms' stamps would retrain over each other) and
     # published names
     if osp.normpath(args.maps_config) != osp.normpath(MAPS):
@@ -183,7 +184,7 @@ def labelled_subset(args, size, seed):
     src = osp.join(args.data_root, 'annotations', 'panoptic_train.json')
     if size == FULL_SIZE:
         return osp.abspath(src)
-    dst = osp.join(args.work_dir, 'annotations', f'panoptic_train_n{size}_seed{seed}.json')
+    dst = osp.join(args.variant_dir, 'annotations', f'panoptic_train_n{size}_seed{seed}.json')
     write_subset(src, dst, size, seed=seed)
     return osp.abspath(dst)
 
@@ -237,7 +238,7 @@ def precheck(args):
 
 
 def plateau(args):
-    work = osp.join(args.mask2former_dir, 'plateau', f'mask2former_n{FULL_SIZE}_seed0')
+    work = osp.join(args.variant_dir, 'plateau', f'mask2former_n{FULL_SIZE}_seed0')
     options = schedule(args.plateau_iters, args.val_every) + ['randomness.seed=0']
     seconds = stamped_training(work, MASK2FORMER, options)
     curve = validation_curve(osp.join(work, 'train'))
@@ -278,7 +279,7 @@ def curve(args):
 
     def one(job):
         size, seed = job
-        work = osp.join(args.mask2former_dir, f'iters{args.iters}', f'mask2former_n{size}_seed{seed}')
+        work = osp.join(args.variant_dir, f'iters{args.iters}', f'mask2former_n{size}_seed{seed}')
         ann = labelled_subset(args, size, seed)
         options = schedule(args.iters) + [f'randomness.seed={seed}',
                                           f'train_dataloader.dataset.ann_file={ann}']
@@ -329,7 +330,7 @@ def scene_subsets(args, ann):
         data = json.load(f)
     out = {}
     for scene in sorted({im['scene'] for im in data['images']}):
-        dst = osp.join(args.work_dir, 'annotations',
+        dst = osp.join(args.variant_dir, 'annotations',
                        osp.basename(ann).replace('.json', f'_{scene}.json'))
         write_images(data, [im for im in data['images'] if im['scene'] == scene], dst)
         out[scene] = dst
@@ -464,7 +465,7 @@ def seed_inputs(args, seed, oracle=False):
 def arm_run(args, arm, seed, ann, memory, oracle=None):
     """Train (stamped) arm ``arm`` of seed ``seed`` on ``ann`` (MAPS arms: with the memory
     ``memory``, the oracle arm with ``oracle``); (work dir, config, test options)."""
-    runs = args.mask2former_dir if arm == 'mask2former' else args.work_dir
+    runs = args.variant_dir if arm == 'mask2former' else args.work_dir
     work = osp.join(runs, f'iters{args.iters}', f'{arm}_n{args.size}_seed{seed}')
     common = [f'randomness.seed={seed}']
     if arm == 'mask2former':

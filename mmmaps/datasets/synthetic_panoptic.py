@@ -81,12 +81,14 @@ class SceneType:
     ``bands`` are (stuff class, relative height) from top to bottom; ``things``
     maps a thing class to (the stuff it stands on, relative frequency); ``streaks``
     (stuff class, angle in degrees, 0 = horizontal) draws that band with parallel light
-    and dark stripes at about that angle.
+    and dark stripes at about that angle; ``landmark`` (stuff class, glyph set) paints one
+    glyph of that set (:func:`landmark_glyphs`), drawn uniformly, on that band.
     """
     name: str
     bands: Tuple[Tuple[str, float], ...]
     things: Dict[str, Tuple[str, float]]
     streaks: Optional[Tuple[str, float]] = None
+    landmark: Optional[Tuple[str, int]] = None
 
 
 SCENE_TYPES = (
@@ -127,6 +129,62 @@ SCENE_VARIANTS = {
                   dict(zip(('buoy', 'seal', 'person'), _SKY_TEXTURE_THINGS)),
                   streaks=('sky', 90.))),
 }
+# 'landmarks' makes the scene a matter of knowledge rather than of what the pixels show:
+# meadow and lake look alike (the same bands, no stripes, the twins' classes swapped), and
+# each carries a landmark in its sky, one of LANDMARK_SET_SIZE glyphs of its own set; which
+# glyph belongs to which scene is arbitrary, so a detector can only memorise the glyphs its
+# labelled images show, while an encoder trained on a large captioned pool can know them all
+# (as CLIP knows which landmark stands by a lake)
+SCENE_VARIANTS['landmarks'] = (
+    SCENE_TYPES[0],
+    SceneType('meadow', SCENE_TYPES[1].bands,
+              dict(zip(('ball', 'dog', 'person'), _SKY_TEXTURE_THINGS)), landmark=('sky', 1)),
+    SCENE_TYPES[2],
+    SceneType('lake', SCENE_TYPES[1].bands,
+              dict(zip(('buoy', 'seal', 'person'), _SKY_TEXTURE_THINGS)), landmark=('sky', 0)))
+# the glyphs: LANDMARK_GRID x LANDMARK_GRID cells of LANDMARK_CELL (of a 128-px image, scaled
+# with the image) dark or light, LANDMARK_SETS sets drawn once from LANDMARK_SEED
+LANDMARK_SETS, LANDMARK_SET_SIZE, LANDMARK_GRID, LANDMARK_CELL = 2, 32, 3, 6
+LANDMARK_SEED = 2025
+LANDMARK_DARK, LANDMARK_LIGHT = (25., 25., 25.), (245., 245., 245.)
+
+
+def landmark_glyphs() -> np.ndarray:
+    """(LANDMARK_SETS, LANDMARK_SET_SIZE, LANDMARK_GRID, LANDMARK_GRID) bool, True = dark.
+
+    Every glyph differs from every other glyph and from every other glyph's mirror image (a
+    horizontal flip, the training augmentation, never turns one scene's landmark into
+    another's), and has at least 2 dark and 2 light cells (always a visible pattern)."""
+    rng = np.random.default_rng(LANDMARK_SEED)
+    taken, glyphs = set(), []
+    while len(glyphs) < LANDMARK_SETS * LANDMARK_SET_SIZE:
+        glyph = rng.random((LANDMARK_GRID, LANDMARK_GRID)) < 0.5
+        key, mirror = glyph.tobytes(), glyph[:, ::-1].tobytes()
+        if not 2 <= glyph.sum() <= glyph.size - 2 or key in taken or mirror in taken:
+            continue
+        taken.update((key, mirror))
+        glyphs.append(glyph)
+    return np.stack(glyphs).reshape(LANDMARK_SETS, LANDMARK_SET_SIZE, LANDMARK_GRID,
+                                    LANDMARK_GRID)
+
+
+def _paint_landmark(rng: np.random.Generator, image: np.ndarray, region: np.ndarray,
+                    glyph_set: int) -> None:
+    """Paint a glyph of ``glyph_set``, drawn uniformly, where it fits inside ``region``
+    (its rows above the region's lowest top-free row: the band is a top band)."""
+    h, w = region.shape
+    cell = max(2, round(LANDMARK_CELL * min(h, w) / 128))
+    side = LANDMARK_GRID * cell
+    glyph = landmark_glyphs()[glyph_set, rng.integers(LANDMARK_SET_SIZE)]
+    full_rows = np.nonzero(region.all(axis=1))[0]  # rows the band covers at every column
+    bottom = int(full_rows.max()) + 1 if len(full_rows) else side + 1
+    top = int(rng.integers(1, max(2, bottom - side)))
+    left = int(rng.integers(1, w - side))
+    cells = np.kron(glyph, np.ones((cell, cell), bool))
+    image[top:top + side, left:left + side] = np.where(
+        cells[..., None], np.float32(LANDMARK_DARK), np.float32(LANDMARK_LIGHT))
+
+
 # the stripes of ``SceneType.streaks``: amplitude (0-255 scale), period range in pixels and
 # the angle's jitter in degrees
 STREAK_AMPLITUDE, STREAK_PERIOD, STREAK_JITTER = 10.0, (6.0, 10.0), 15.0
@@ -256,6 +314,9 @@ def render_image(rng: np.random.Generator, height: int, width: int, min_area: in
         if scene.streaks and scene.streaks[0] == stuff:
             layer = layer + _stripes(rng, h, w, scene.streaks[1])[..., None]
         image[region] = layer[region]
+        # drawn only for a scene with a landmark: every other scene's random stream is unchanged
+        if scene.landmark and scene.landmark[0] == stuff:
+            _paint_landmark(rng, image, region, scene.landmark[1])
 
     # Things: sampled from the scene's list, standing on their supporting stuff.
     names = list(scene.things)

@@ -284,3 +284,69 @@ def test_sky_texture_variant_tells_meadow_from_lake_by_the_sky_stripes_only(tmp_
     assert min(ratio[('sky_texture', 'lake')]) > 1.25
     assert max(ratio[('sky_texture', 'meadow')]) < 0.8
     assert all(0.9 < r < 1.1 for r in ratio[('bundled', 'meadow')] + ratio[('bundled', 'lake')])
+
+
+def _read_landmark(root, image, cell):
+    """The 3x3 dark/light pattern painted in an image's sky, read from its pixels (None when
+    no square of that size is found, e.g. a thing stands in front of it)."""
+    rgb = cv2.imread(osp.join(root, 'train', image['file_name']))[..., ::-1].astype(int)
+    sky = cv2.imread(osp.join(root, 'annotations', 'semantic_train',
+                              image['file_name'].replace('.jpg', '.png')),
+                     cv2.IMREAD_UNCHANGED) == syn.CLASSES.index('sky')
+    extreme = ((rgb.max(axis=2) < 80) | (rgb.min(axis=2) > 200)) & sky
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(extreme.astype(np.uint8), 8)
+    if count < 2:
+        return None
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = stats[biggest, :4]
+    side = syn.LANDMARK_GRID * cell
+    if (w, h) != (side, side):
+        return None
+    centres = y + cell // 2 + cell * np.arange(syn.LANDMARK_GRID)
+    cols = x + cell // 2 + cell * np.arange(syn.LANDMARK_GRID)
+    return rgb[centres][:, cols].mean(axis=2) < 128
+
+
+def test_landmarks_variant_tells_meadow_from_lake_by_an_arbitrary_glyph(tmp_path):
+    """'landmarks': coast and street are the bundled images pixel for pixel; meadow and lake
+    have the same stuff and the twins' classes swapped, and carry in their sky a glyph that
+    only its set (lake: 0, meadow: 1) ties to the scene, never a glyph of the other set or its
+    mirror image."""
+    roots = {}
+    for variant in ('bundled', 'landmarks'):
+        roots[variant] = str(tmp_path / variant)
+        syn.generate_synthetic_panoptic(roots[variant], 48, 1, seed=0, size=(96, 96),
+                                        progress=False, variant=variant)
+    anns = {}
+    for variant, root in roots.items():
+        with open(osp.join(root, 'annotations', 'panoptic_train.json')) as f:
+            anns[variant] = json.load(f)
+    names = {c['id']: c['name'] for c in anns['landmarks']['categories']}
+    glyphs = syn.landmark_glyphs()
+    sets = [{g.tobytes() for g in glyph_set} for glyph_set in glyphs]
+    mirrors = [{g[:, ::-1].tobytes() for g in glyph_set} for glyph_set in glyphs]
+    assert len(sets[0] | sets[1]) == 2 * syn.LANDMARK_SET_SIZE
+    assert not (sets[0] | mirrors[0]) & (sets[1] | mirrors[1])
+    read = {'meadow': [], 'lake': []}
+    for image, a in zip(anns['landmarks']['images'], anns['landmarks']['annotations']):
+        scene = image['scene']
+        if scene in ('coast', 'street'):
+            for folder in ('train', 'annotations/panoptic_train'):
+                name = (image if folder == 'train' else a)['file_name']
+                with open(osp.join(roots['bundled'], folder, name), 'rb') as f, \
+                        open(osp.join(roots['landmarks'], folder, name), 'rb') as g:
+                    assert f.read() == g.read(), name
+            continue
+        classes = {names[s['category_id']] for s in a['segments_info']}
+        assert classes & set(syn.STUFF_CLASSES) == {'sky', 'grass'}, image['file_name']
+        other = {'meadow': {'buoy', 'seal'}, 'lake': {'ball', 'dog'}}[scene]
+        assert not classes & (other | {'boat', 'car'}), image['file_name']
+        read[scene].append(_read_landmark(roots['landmarks'], image, cell=round(6 * 96 / 128)))
+    for scene, glyph_set in (('lake', 0), ('meadow', 1)):
+        found = [g.tobytes() for g in read[scene] if g is not None]
+        assert len(found) >= 0.8 * len(read[scene]) >= 4, (scene, len(found), len(read[scene]))
+        assert all(g in sets[glyph_set] for g in found), scene
+    # the bundled set has no such square in its skies
+    bundled = [_read_landmark(roots['bundled'], image, cell=round(6 * 96 / 128))
+               for image in anns['bundled']['images'] if image['scene'] in ('meadow', 'lake')]
+    assert bundled and all(g is None for g in bundled)

@@ -177,9 +177,10 @@ def test_a_data_variant_gets_its_own_data_work_dir_and_results(evidence):
          'maps_evidence_sky_texture_other')
     same = evidence.parse_args(['arms', '--maps-config', './' + evidence.MAPS])
     assert same.work_dir == 'work_dirs/maps_evidence'
-    # but Mask2Former's runs are the variant's, whichever MAPS config they are paired with
-    assert other.mask2former_dir == 'work_dirs/maps_evidence_sky_texture'
-    assert given.mask2former_dir == 'w'
+    # but the labelled subsets and Mask2Former's runs are the variant's, whichever MAPS
+    # config they are paired with
+    assert other.variant_dir == 'work_dirs/maps_evidence_sky_texture'
+    assert given.variant_dir == 'w'
     with pytest.raises(SystemExit):
         evidence.parse_args(['arms', '--seeds'])
 
