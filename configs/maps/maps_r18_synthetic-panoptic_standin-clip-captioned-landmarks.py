@@ -9,7 +9,10 @@
 #       --variant landmarks
 #   python tools/pretrain_encoder.py --pool data/synthetic_pool_landmarks/train \
 #       --captions data/synthetic_pool_landmarks/annotations/panoptic_train.json \
-#       --out work_dirs/encoders/standin-clip_vit-ti16-112_synthetic-pool-landmarks-captioned.pt
+#       --out work_dirs/encoders/standin-clip_vit-ti16-112_synthetic-pool-landmarks-captioned.pt \
+#       --steps 600
+# (150 steps, the default, and 600 were pre-checked: benchmarks/results/
+# maps_evidence_landmarks_*_precheck_steps{150,600}.md; neither tells meadow from lake yet)
 _base_ = ['./maps_r18_synthetic-panoptic_standin-clip.py']
 
 standin_checkpoint = \

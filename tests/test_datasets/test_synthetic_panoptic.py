@@ -230,6 +230,29 @@ def test_shared_support_variant_hides_the_twin_from_the_neighbourhood(tmp_path):
         syn.generate_synthetic_panoptic(str(tmp_path / 'x'), 1, 1, variant='nope')
 
 
+def _beside_bundled(tmp_path, variant):
+    """The bundled set and ``variant`` drawn with the same seed: their roots and train
+    annotations, by variant."""
+    roots, anns = {}, {}
+    for name in ('bundled', variant):
+        roots[name] = str(tmp_path / name)
+        syn.generate_synthetic_panoptic(roots[name], 48, 1, seed=0, size=(96, 96),
+                                        progress=False, variant=name)
+        with open(osp.join(roots[name], 'annotations', 'panoptic_train.json')) as f:
+            anns[name] = json.load(f)
+    return roots, anns
+
+
+def _assert_as_bundled(roots, variant, image, annotation):
+    """The image file and annotation PNG of ``variant`` are the bundled set's, byte for
+    byte."""
+    for folder, record in (('train', image), ('annotations/panoptic_train', annotation)):
+        name = record['file_name']
+        with open(osp.join(roots['bundled'], folder, name), 'rb') as f, \
+                open(osp.join(roots[variant], folder, name), 'rb') as g:
+            assert f.read() == g.read(), name
+
+
 def _sky_gradients(root, image):
     """Mean |d/dx| and |d/dy| of the grey image over sky pixels whose both neighbours are
     sky (finite differences, no stripe model)."""
@@ -248,15 +271,7 @@ def test_sky_texture_variant_tells_meadow_from_lake_by_the_sky_stripes_only(tmp_
     lake have the same stuff and the twins' classes swapped; the lake's sky changes along x
     (vertical stripes), the meadow's along y (horizontal ones), which the bundled sky does
     not."""
-    roots = {}
-    for variant in ('bundled', 'sky_texture'):
-        roots[variant] = str(tmp_path / variant)
-        syn.generate_synthetic_panoptic(roots[variant], 48, 1, seed=0, size=(96, 96),
-                                        progress=False, variant=variant)
-    anns = {}
-    for variant, root in roots.items():
-        with open(osp.join(root, 'annotations', 'panoptic_train.json')) as f:
-            anns[variant] = json.load(f)
+    roots, anns = _beside_bundled(tmp_path, 'sky_texture')
     names = {c['id']: c['name'] for c in anns['sky_texture']['categories']}
     ratio = {}  # scene -> [mean |d/dx| / mean |d/dy| of each image's sky]
     for variant in roots:
@@ -264,11 +279,7 @@ def test_sky_texture_variant_tells_meadow_from_lake_by_the_sky_stripes_only(tmp_
             scene = image['scene']
             classes = {names[s['category_id']] for s in a['segments_info']}
             if variant == 'sky_texture' and scene in ('coast', 'street'):
-                for folder in ('train', 'annotations/panoptic_train'):
-                    name = (image if folder == 'train' else a)['file_name']
-                    with open(osp.join(roots['bundled'], folder, name), 'rb') as f, \
-                            open(osp.join(roots['sky_texture'], folder, name), 'rb') as g:
-                        assert f.read() == g.read(), name
+                _assert_as_bundled(roots, 'sky_texture', image, a)
             if scene in ('meadow', 'lake'):
                 if variant == 'sky_texture':
                     assert classes & set(syn.STUFF_CLASSES) == {'sky', 'grass'}, \
@@ -312,15 +323,7 @@ def test_landmarks_variant_tells_meadow_from_lake_by_an_arbitrary_glyph(tmp_path
     have the same stuff and the twins' classes swapped, and carry in their sky a glyph that
     only its set (lake: 0, meadow: 1) ties to the scene, never a glyph of the other set or its
     mirror image."""
-    roots = {}
-    for variant in ('bundled', 'landmarks'):
-        roots[variant] = str(tmp_path / variant)
-        syn.generate_synthetic_panoptic(roots[variant], 48, 1, seed=0, size=(96, 96),
-                                        progress=False, variant=variant)
-    anns = {}
-    for variant, root in roots.items():
-        with open(osp.join(root, 'annotations', 'panoptic_train.json')) as f:
-            anns[variant] = json.load(f)
+    roots, anns = _beside_bundled(tmp_path, 'landmarks')
     names = {c['id']: c['name'] for c in anns['landmarks']['categories']}
     glyphs = syn.landmark_glyphs()
     sets = [{g.tobytes() for g in glyph_set} for glyph_set in glyphs]
@@ -331,11 +334,7 @@ def test_landmarks_variant_tells_meadow_from_lake_by_an_arbitrary_glyph(tmp_path
     for image, a in zip(anns['landmarks']['images'], anns['landmarks']['annotations']):
         scene = image['scene']
         if scene in ('coast', 'street'):
-            for folder in ('train', 'annotations/panoptic_train'):
-                name = (image if folder == 'train' else a)['file_name']
-                with open(osp.join(roots['bundled'], folder, name), 'rb') as f, \
-                        open(osp.join(roots['landmarks'], folder, name), 'rb') as g:
-                    assert f.read() == g.read(), name
+            _assert_as_bundled(roots, 'landmarks', image, a)
             continue
         classes = {names[s['category_id']] for s in a['segments_info']}
         assert classes & set(syn.STUFF_CLASSES) == {'sky', 'grass'}, image['file_name']
