@@ -279,7 +279,8 @@ def curve(args):
 
     def one(job):
         size, seed = job
-        work = osp.join(args.variant_dir, f'iters{args.iters}', f'mask2former_n{size}_seed{seed}')
+        work = osp.join(args.variant_dir, f'iters{args.iters}',
+                        f'mask2former_n{size}_seed{seed}')
         ann = labelled_subset(args, size, seed)
         options = schedule(args.iters) + [f'randomness.seed={seed}',
                                           f'train_dataloader.dataset.ann_file={ann}']

@@ -93,13 +93,14 @@ def pool_captions(files, ann_file):
     from mmmaps.memory.encoders.self_supervised import load_scene_labels
     paths, scenes = load_scene_labels(ann_file, '')
     scene_of = dict(zip(map(osp.basename, paths), scenes))
-    missing = [osp.basename(f) for f in files if osp.basename(f) not in scene_of]
+    pool_scenes = [scene_of.get(osp.basename(f)) for f in files]
+    missing = [osp.basename(f) for f, scene in zip(files, pool_scenes) if scene is None]
     if missing:
         sys.exit(f'pretrain_encoder.py: error: --captions {ann_file} has no image named '
                  f'{missing[0]} ({len(missing)} of the {len(files)} pool images have no '
                  'caption); give the annotation file of the pool')
-    names = sorted({scene_of[osp.basename(f)] for f in files})
-    return [names.index(scene_of[osp.basename(f)]) for f in files], names
+    names = sorted(set(pool_scenes))
+    return [names.index(scene) for scene in pool_scenes], names
 
 
 def ensure_default_pool(size):

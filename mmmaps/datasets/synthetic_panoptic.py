@@ -26,6 +26,7 @@ import os
 import os.path as osp
 import shutil
 import tempfile
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -149,8 +150,10 @@ LANDMARK_SEED = 2025
 LANDMARK_DARK, LANDMARK_LIGHT = (25., 25., 25.), (245., 245., 245.)
 
 
+@lru_cache(maxsize=1)
 def landmark_glyphs() -> np.ndarray:
-    """(LANDMARK_SETS, LANDMARK_SET_SIZE, LANDMARK_GRID, LANDMARK_GRID) bool, True = dark.
+    """(LANDMARK_SETS, LANDMARK_SET_SIZE, LANDMARK_GRID, LANDMARK_GRID) bool, True = dark;
+    drawn once per process and read-only (every landmark image indexes the same table).
 
     Every glyph differs from every other glyph and from every other glyph's mirror image (a
     horizontal flip, the training augmentation, never turns one scene's landmark into
@@ -164,8 +167,10 @@ def landmark_glyphs() -> np.ndarray:
             continue
         taken.update((key, mirror))
         glyphs.append(glyph)
-    return np.stack(glyphs).reshape(LANDMARK_SETS, LANDMARK_SET_SIZE, LANDMARK_GRID,
-                                    LANDMARK_GRID)
+    table = np.stack(glyphs).reshape(LANDMARK_SETS, LANDMARK_SET_SIZE, LANDMARK_GRID,
+                                     LANDMARK_GRID)
+    table.setflags(write=False)
+    return table
 
 
 def _paint_landmark(rng: np.random.Generator, image: np.ndarray, region: np.ndarray,

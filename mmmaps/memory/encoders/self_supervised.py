@@ -38,8 +38,9 @@ from torch import Tensor, nn
 from .weights import CLIP_MEAN, CLIP_STD, register_open_clip_configs, seeded_init
 
 __all__ = ['IMAGE_SUFFIXES', 'list_images', 'load_image_pool', 'random_views', 'nt_xent_loss',
-           'caption_loss', 'ProjectionHead', 'tower_image_size', 'build_open_clip_model', 'pretrain_clip_visual',
-           'load_scene_labels', 'encode_image_files', 'scene_retrieval_quality']
+           'caption_loss', 'ProjectionHead', 'tower_image_size', 'build_open_clip_model',
+           'pretrain_clip_visual', 'load_scene_labels', 'encode_image_files',
+           'scene_retrieval_quality']
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
