@@ -97,15 +97,20 @@ def load_config_with_root(path, root, options=None):
     return cfg
 
 
-def build_tiny_memory(root: str, out: str) -> str:
-    """The tiny memory (ViT-S/16 random init) of the synthetic train split under ``root``."""
+def build_memory(cfg, out: str):
+    """Build the memory of ``cfg`` into ``out`` in this process, on the CPU; the builder."""
     from mmmaps.memory.builder import MemoryBuilder
-    cfg = load_config_with_root(MEMORY_CFG, root, {'memory.build.chunk_size': 3,
-                                                   'memory.build.num_workers': 0})
     builder = MemoryBuilder(cfg, out=out, device='cpu')
     builder.prepare(resume=False, force=False)
     builder.encode_chunks(progress=False)
     builder.merge()
+    return builder
+
+
+def build_tiny_memory(root: str, out: str) -> str:
+    """The tiny memory (ViT-S/16 random init) of the synthetic train split under ``root``."""
+    build_memory(load_config_with_root(MEMORY_CFG, root, {'memory.build.chunk_size': 3,
+                                                          'memory.build.num_workers': 0}), out)
     return out
 
 

@@ -12,10 +12,15 @@ unless ``--captions ANN`` gives every pool image a caption (its scene type): the
 image-to-caption term is trained too, the stand-in for the knowledge CLIP gets from text
 (issue 25: a key encoder that knows what the detector's few labels do not teach).
 
-Writes ``OUT`` (the full open_clip state dict: the trained visual tower and the untrained,
-seeded text tower) and ``OUT.json`` (parameters, pool digest, loss curve, wall time and,
-when ``--eval-ann`` exists, scene-retrieval quality next to random initialisations). Both are
-written under temporary names and renamed. A checkpoint whose parameters and pool match is
+``--arch mmmaps-ConvNet-MaxPool-112`` trains the max-pooled ConvNet stand-in instead
+(``mmmaps/memory/encoders/convnet.py``: the tower that learns small arbitrary landmarks, where
+the ViT does not); ``--simclr-weight 0`` trains the caption term alone.
+
+Writes ``OUT`` (for an open_clip arch the full open_clip state dict: the trained visual tower
+and the untrained, seeded text tower; for the ConvNet the tower's state dict) and
+``OUT.json`` (parameters, pool digest, loss curve, wall time and, when ``--eval-ann``
+exists, scene-retrieval quality next to random initialisations). Both are written under
+temporary names and renamed. A checkpoint whose parameters and pool match is
 reused unless ``--force``.
 """
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
@@ -45,7 +50,8 @@ def parse_args(argv=None):
     parser.add_argument('--pool-size', type=int, default=DEFAULT_POOL_SIZE,
                         help='images of the generated default pool')
     parser.add_argument('--out', default=DEFAULT_OUT, help='checkpoint file to write')
-    parser.add_argument('--arch', default=DEFAULT_ARCH, help='open_clip architecture')
+    parser.add_argument('--arch', default=DEFAULT_ARCH,
+                        help='open_clip architecture, or mmmaps-ConvNet-MaxPool-112')
     parser.add_argument('--steps', type=int, default=150)
     parser.add_argument('--batch-size', type=int, default=128, help='images per step')
     parser.add_argument('--lr', type=float, default=1e-3)
@@ -60,6 +66,9 @@ def parse_args(argv=None):
                         "trained with CLIP's image-to-caption term, the stand-in for what "
                         'CLIP learns from text (default: unlabelled, SimCLR only)')
     parser.add_argument('--caption-temperature', type=float, default=0.1)
+    parser.add_argument('--simclr-weight', type=float, default=1.0,
+                        help='weight of the SimCLR term; 0 (with --captions) trains the caption '
+                        'term alone')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--load-size', type=int, default=128,
                         help='pool images are resized/cropped to this square on loading')
@@ -129,10 +138,9 @@ def measure_quality(args, out, image_size):
         osp.splitext(osp.basename(args.eval_ann))[0].replace('panoptic_', ''))
     files, labels = load_scene_labels(args.eval_ann, image_dir)
     rows = {
-        'stand-in (pretrained)': dict(type='CLIPCLSEncoder', arch=args.arch, pretrained=out,
-                                      image_size=image_size),
-        'same arch, random init': dict(type='CLIPCLSEncoder', arch=args.arch, pretrained=None,
-                                       seed=args.seed, image_size=image_size),
+        'stand-in (pretrained)': dict(key_encoder_cfg(args.arch, image_size), pretrained=out),
+        'same arch, random init': dict(key_encoder_cfg(args.arch, image_size), pretrained=None,
+                                       seed=args.seed),
     }
     if not args.no_reference:
         rows[f'{REFERENCE_ARCH}, random init'] = dict(type='CLIPCLSEncoder',
@@ -141,6 +149,25 @@ def measure_quality(args, out, image_size):
     for name, cfg in rows.items():
         quality[name] = scene_retrieval_quality(encode_image_files(cfg, files), labels, k=5)
     return dict(eval_ann=args.eval_ann, rows=quality)
+
+
+def key_encoder_cfg(arch, image_size):
+    """The memory key encoder config of a stand-in of ``arch`` (without its weights)."""
+    from mmmaps.memory.encoders.convnet import CONVNET_ARCHS
+    if arch in CONVNET_ARCHS:
+        return dict(type='ConvNetMaxPoolEncoder', arch=arch)
+    return dict(type='CLIPCLSEncoder', arch=arch, image_size=image_size)
+
+
+def build_tower(arch, seed):
+    """(the image tower to train, the module whose state dict is saved) of ``arch``."""
+    from mmmaps.memory.encoders.convnet import CONVNET_ARCHS, build_convnet
+    from mmmaps.memory.encoders.self_supervised import build_open_clip_model
+    if arch in CONVNET_ARCHS:
+        tower = build_convnet(arch, seed)
+        return tower, tower
+    model = build_open_clip_model(arch, seed)
+    return model.visual, model
 
 
 def print_quality(quality):
@@ -221,9 +248,8 @@ def main(argv=None):
     if refusal:
         sys.exit(f'pretrain_encoder.py: error: {refusal}')
     import torch
-    from mmmaps.memory.encoders.self_supervised import (build_open_clip_model, list_images,
-                                                        load_image_pool, pretrain_clip_visual,
-                                                        tower_image_size)
+    from mmmaps.memory.encoders.self_supervised import (list_images, load_image_pool,
+                                                        pretrain_clip_visual, tower_image_size)
     from mmmaps.memory.storage import write_json
 
     pool_dir = args.pool or ensure_default_pool(args.pool_size)
@@ -233,10 +259,16 @@ def main(argv=None):
                   tint=args.tint, seed=args.seed, load_size=args.load_size,
                   pool_digest=pool_digest(files), pool_images=len(files),
                   objective='SimCLR NT-Xent, 2 views/image')
+    if args.simclr_weight != 1.0:  # recorded only when set, so older records stay current
+        params.update(simclr_weight=args.simclr_weight)
+    if args.simclr_weight == 0 and not args.captions:
+        sys.exit('pretrain_encoder.py: error: --simclr-weight 0 needs --captions (nothing '
+                 'would be trained)')
     captions = None
     if args.captions:
         captions, names = pool_captions(files, args.captions)
-        params.update(objective='SimCLR NT-Xent + image-to-caption, 2 views/image',
+        params.update(objective=('image-to-caption, 2 views/image' if args.simclr_weight == 0
+                                 else 'SimCLR NT-Xent + image-to-caption, 2 views/image'),
                       caption_names=names, caption_temperature=args.caption_temperature,
                       captions_digest=hashlib.sha256(json.dumps(
                           [names[c] for c in captions]).encode()).hexdigest())
@@ -255,22 +287,23 @@ def main(argv=None):
           f'({args.steps} steps x {args.batch_size} images, 2 views each, '
           f'{torch.get_num_threads()} threads)')
     pool = load_image_pool(files, args.load_size)
-    model = build_open_clip_model(args.arch, args.seed)
+    tower, saved = build_tower(args.arch, args.seed)
     start = time.time()
-    losses = pretrain_clip_visual(model, pool, args.steps, args.batch_size, args.seed,
+    losses = pretrain_clip_visual(tower, pool, args.steps, args.batch_size, args.seed,
                                   lr=args.lr, temperature=args.temperature,
                                   crop_scale=(args.min_crop_scale, 1.0), tint=args.tint,
                                   captions=None if captions is None else torch.tensor(captions),
-                                  caption_temperature=args.caption_temperature)
+                                  caption_temperature=args.caption_temperature,
+                                  simclr_weight=args.simclr_weight)
     seconds = time.time() - start
-    meta = save_state_dict(model.state_dict(), args.out, dict(
+    meta = save_state_dict(saved.state_dict(), args.out, dict(
         params=params, pool=osp.abspath(pool_dir), train_seconds=seconds,
         threads=torch.get_num_threads(), loss_first=losses[0], loss_last=losses[-1],
         losses_every_10=losses[::10]))
     print(f'pretrained in {seconds:.0f} s: loss {losses[0]:.3f} -> {losses[-1]:.3f}; '
           f'wrote {args.out}')
     if args.eval_ann and osp.isfile(args.eval_ann):
-        meta['quality'] = measure_quality(args, args.out, tower_image_size(model.visual))
+        meta['quality'] = measure_quality(args, args.out, tower_image_size(tower))
         print_quality(meta['quality'])
     write_json(meta_file, meta)
     return 0

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, load_config_with_root
+from tests.conftest import REPO_ROOT, build_memory, load_config_with_root
 
 sys.path.insert(0, osp.join(REPO_ROOT, 'tools'))
 import pretrain_encoder  # noqa: E402
@@ -67,16 +67,12 @@ def test_cached_checkpoint_is_reused(standin_runs, synthetic_root, capsys):
 
 
 def test_memory_records_the_standin_checkpoint_sha256(standin_runs, synthetic_root, tmp_path):
-    from mmmaps.memory.builder import MemoryBuilder
     ckpt = standin_runs[0]
     cfg = load_config_with_root(MAPS_STANDIN, synthetic_root, {
         'memory.key_encoder.pretrained': ckpt, 'memory.dense_encoder.pretrained': ckpt,
         'memory.build.chunk_size': 4, 'memory.build.num_workers': 0})
     out = str(tmp_path / 'memory')
-    builder = MemoryBuilder(cfg, out=out, device='cpu')
-    builder.prepare(resume=False, force=False)
-    builder.encode_chunks(progress=False)
-    builder.merge()
+    build_memory(cfg, out)
     with open(osp.join(out, 'manifest.json')) as f:
         manifest = f.read()
     expected = sha256(ckpt)
@@ -177,7 +173,7 @@ def test_captions_pull_the_images_of_a_caption_together(synthetic_root):
     gap = {}
     for name, given in (('self-supervised', None), ('captioned', captions)):
         model = build_open_clip_model('mmmaps-ViT-Ti-16-112', 0)
-        pretrain_clip_visual(model, pool, steps=25, batch_size=8, seed=0, lr=2e-3,
+        pretrain_clip_visual(model.visual, pool, steps=25, batch_size=8, seed=0, lr=2e-3,
                              captions=given, log=None)
         with torch.no_grad():
             keys = torch.nn.functional.normalize(model.visual(images), dim=1)

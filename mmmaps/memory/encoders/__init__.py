@@ -7,10 +7,11 @@ from .base import (BaseMemoryEncoder, DenseMemoryEncoder, GlobalMemoryEncoder,
                    build_memory_encoder)
 from .clip_encoders import (CLIPCLSEncoder, CLIPImageDenseEncoder, MaskCLIPDenseEncoder,
                             TiledCLIPDenseEncoder)
+from .convnet import ConvNetMaxPoolEncoder
 from .dino_encoders import DINOCLSEncoder, DINODenseEncoder
 
 __all__ = [
     'BaseMemoryEncoder', 'GlobalMemoryEncoder', 'DenseMemoryEncoder', 'build_memory_encoder',
     'CLIPCLSEncoder', 'DINOCLSEncoder', 'CLIPImageDenseEncoder', 'TiledCLIPDenseEncoder',
-    'MaskCLIPDenseEncoder', 'DINODenseEncoder'
+    'MaskCLIPDenseEncoder', 'DINODenseEncoder', 'ConvNetMaxPoolEncoder'
 ]

@@ -9,7 +9,9 @@ other's nearest neighbour among all views of the batch (NT-Xent). Instance discr
 is used rather than DINO's self-distillation because it needs no teacher, no centring and
 no multi-crop schedule, so it converges in a few hundred CPU steps; scene types emerge as
 clusters because views of two images of the same scene type share most of their pixels'
-statistics (stuff colour, texture, layout).
+statistics (stuff colour, texture, layout). The same function trains the max-pooled ConvNet
+stand-in (:mod:`mmmaps.memory.encoders.convnet`), the tower that learns a small arbitrary
+pattern from captions where the ViT does not.
 
 Augmentations matter more than steps here (measured on the synthetic set, 400 labelled images
 querying each other, scene-type mean average precision): without a per-channel tint jitter
@@ -177,21 +179,24 @@ def build_open_clip_model(arch: str, seed: int) -> nn.Module:
         return open_clip.create_model(arch)
 
 
-def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size: int,
+def pretrain_clip_visual(visual: nn.Module, pool: Tensor, steps: int, batch_size: int,
                          seed: int, lr: float = 1e-3, weight_decay: float = 0.05,
                          temperature: float = 0.5, crop_scale=(0.5, 1.0), tint: float = 25.0,
                          warmup_steps: Optional[int] = None,
                          captions: Optional[Tensor] = None, caption_temperature: float = 0.1,
+                         simclr_weight: float = 1.0,
                          log_every: int = 20, log=print) -> List[float]:
-    """Train ``model.visual`` in place with NT-Xent on ``pool`` (plus, with ``captions``,
-    CLIP's image-to-caption term); returns the loss per step.
+    """Train the image tower ``visual`` in place with NT-Xent on ``pool`` (plus, with
+    ``captions``, CLIP's image-to-caption term); returns the loss per step.
 
     Deterministic for a seed (and a fixed number of torch threads): the projection head's
     init, the batches (a fresh permutation of the pool per epoch) and the views all come
     from generators seeded with ``seed``.
 
     Args:
-        model: open_clip model (only ``model.visual`` is trained).
+        visual: the image tower: an open_clip ``model.visual`` or a
+            :class:`~mmmaps.memory.encoders.convnet.MaxPoolConvNet` ((B, 3, S, S) ->
+            (B, E); ``image_size`` and ``output_dim`` attributes).
         pool: (N, 3, S, S) uint8 unlabelled images.
         steps: optimisation steps.
         batch_size: images per step (2 views each).
@@ -206,8 +211,9 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
             image must pick their caption (:func:`caption_loss`, ``caption_temperature``):
             what CLIP learns from text, for a stand-in that should know what the detector's
             few labels do not teach.
+        simclr_weight: weight of the NT-Xent term; 0 trains the caption term alone (then
+            ``captions`` are required and no projection head is trained).
     """
-    visual = model.visual
     image_size = tower_image_size(visual)
     if len(pool) < 2:
         raise ValueError(f'The image pool needs at least 2 images, got {len(pool)}')
@@ -215,6 +221,9 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
     if captions is not None and captions.shape != (len(pool),):
         raise ValueError(f'captions: one per pool image expected, shape ({len(pool)},), got '
                          f'{tuple(captions.shape)}')
+    if simclr_weight < 0 or (simclr_weight == 0 and captions is None):
+        raise ValueError(f'simclr_weight={simclr_weight}: must be > 0, or 0 with captions '
+                         '(nothing would be trained)')
     with seeded_init(seed + 1):
         head = ProjectionHead(int(visual.output_dim))
         caption_table = None if captions is None else nn.Parameter(
@@ -222,7 +231,9 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
     visual.train()
     for param in visual.parameters():
         param.requires_grad_(True)
-    params = list(visual.parameters()) + list(head.parameters())
+    params = list(visual.parameters())
+    if simclr_weight:
+        params += list(head.parameters())
     if caption_table is not None:
         params.append(caption_table)
     decay = [p for p in params if p.ndim >= 2]
@@ -248,8 +259,10 @@ def pretrain_clip_visual(model: nn.Module, pool: Tensor, steps: int, batch_size:
             random_views(pool[batch], image_size, generator, scale=crop_scale, tint=tint)
             for _ in range(2)])
         embeddings = visual(views)
-        z = head(embeddings)
-        loss = nt_xent_loss(z[:batch_size], z[batch_size:], temperature)
+        loss = embeddings.new_zeros(())
+        if simclr_weight:
+            z = head(embeddings)
+            loss = simclr_weight * nt_xent_loss(z[:len(batch)], z[len(batch):], temperature)
         if caption_table is not None:
             loss = loss + caption_loss(embeddings, caption_table, captions[batch].repeat(2),
                                        caption_temperature)
