@@ -247,6 +247,9 @@ def main(argv=None):
     refusal = check_out_file(args.out, args.force)
     if refusal:
         sys.exit(f'pretrain_encoder.py: error: {refusal}')
+    if args.simclr_weight == 0 and not args.captions:  # before the pool is read and hashed
+        sys.exit('pretrain_encoder.py: error: --simclr-weight 0 needs --captions (nothing '
+                 'would be trained)')
     import torch
     from mmmaps.memory.encoders.self_supervised import (list_images, load_image_pool,
                                                         pretrain_clip_visual, tower_image_size)
@@ -261,9 +264,6 @@ def main(argv=None):
                   objective='SimCLR NT-Xent, 2 views/image')
     if args.simclr_weight != 1.0:  # recorded only when set, so older records stay current
         params.update(simclr_weight=args.simclr_weight)
-    if args.simclr_weight == 0 and not args.captions:
-        sys.exit('pretrain_encoder.py: error: --simclr-weight 0 needs --captions (nothing '
-                 'would be trained)')
     captions = None
     if args.captions:
         captions, names = pool_captions(files, args.captions)
