@@ -107,6 +107,9 @@ class Report:
             result = fn(*args)
             entry = dict(status='skipped' if isinstance(result, str) else 'ok',
                          result=result)
+        except SectionFailed as exc:  # a failure next to what was measured all the same
+            entry = dict(status='failed', error=str(exc), result=exc.result)
+            print(entry['error'], file=sys.stderr, flush=True)
         except Exception:  # noqa: BLE001 -- recorded in the report, the next section runs
             entry = dict(status='failed', error=traceback.format_exc()[-6000:])
             print(entry['error'], file=sys.stderr, flush=True)
@@ -131,6 +134,8 @@ class Report:
             lines += [f'## {name}: {entry["status"]} ({entry["seconds"]} s)', '']
             if entry['status'] == 'failed':
                 lines += ['```', entry['error'].strip()[-3000:], '```', '']
+                if entry.get('result') is not None:
+                    lines += _markdown_of(entry['result']) + ['']
             elif entry['status'] == 'skipped':
                 lines += [entry['result'], '']
             else:
@@ -140,15 +145,27 @@ class Report:
 
 def _markdown_of(result) -> list:
     if isinstance(result, dict) and 'rows' in result:
-        rows = result['rows']
-        keys = list(rows[0]) if rows else []
-        out = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)]
+        rows = [r for r in result['rows'] if 'error' not in r]
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        out = ['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)] if rows else []
         out += ['| ' + ' | '.join(str(r.get(k, '')) for k in keys) + ' |' for r in rows]
+        for r in result['rows']:  # a failed row's traceback below the table
+            if 'error' in r:
+                out += ['', f'{r.get("model", "row")} failed:', '```', r['error'].strip(),
+                        '```']
         notes = {k: v for k, v in result.items() if k != 'rows'}
         return out + [''] + [f'- {k}: {v}' for k, v in notes.items()]
     if isinstance(result, dict):
         return [f'- {k}: {v}' for k, v in result.items()]
     return [str(result)]
+
+
+class SectionFailed(Exception):
+    """A section that failed in part: ``result`` holds what it measured all the same."""
+
+    def __init__(self, message: str, result):
+        super().__init__(message)
+        self.result = result
 
 
 # --------------------------------------------------------------------------- helpers
@@ -438,59 +455,71 @@ def _measure(model, optim_wrapper, train_batch, val_batches, sizes, device):
 
 
 def models(ctx) -> dict:
-    from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    from mmmaps.memory import build_external_memory
     if not getattr(ctx, 'memory_root', None):
         raise RuntimeError('the models section needs the memory_build section')
     register_all_modules()
     import logging
     logging.getLogger('mmengine').setLevel(logging.WARNING)  # not every parameter's lr
     device = _device()
-    sizes = ctx.sizes
     rows, times = [], {}
     for family in ('mask2former', 'maps', 'panoptic_segformer'):
-        cfg = Config.fromfile(write_config(ctx, family))
-        torch.manual_seed(0)
-        model = MODELS.build(cfg.model)
-        model.init_weights()  # as the Runner does: e.g. DETR's level embeddings start empty
-        model = model.to(device)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        train_batch, val_batches = _batches(cfg, ctx, _num_things(cfg))
-        optim_wrapper = _optim_wrapper(model, cfg)
-        # MAPS twice: training keys from the model's augmented input (the default, the
-        # paper: the CLIP key encoder runs on every training crop; val keys of whole
-        # pictures from the cache), and from the whole-image cache in training too
-        variants = [('', None)] if family != 'maps' else [
-            (', keys from the model input', 'model_input'),
-            (', full-image cache', 'full_image_cache')]
-        for suffix, key_source in variants:
-            if key_source is not None:
-                memory_cfg = copy.deepcopy(cfg.memory)
-                memory_cfg.retrieval.query_keys = key_source
-                model.attach_memory(build_external_memory(memory_cfg, device=device))
-            name = family + suffix
-            train_s, infer_s, peak = _measure(model, optim_wrapper, train_batch, val_batches,
-                                              sizes, device)
-            times[name] = (train_s, infer_s)
-            rows.append({'model': name, 'params M': round(params, 2),
-                         'train step s (bf16, batch %d, %dx%d)' % (
-                             sizes['batch'], *sizes['train_size']): round(train_s, 3),
-                         'peak train GiB': peak,
-                         'inference img/s (fp32, %dx%d)' % sizes['val_size']:
-                         round(1 / infer_s, 2)})
-        del model, optim_wrapper
+        try:  # one family's failure is its row's, the others are still measured
+            _measure_family(ctx, family, device, rows, times)
+        except Exception:  # noqa: BLE001 (reported in the row, the section fails below)
+            rows.append({'model': family, 'error': traceback.format_exc(limit=-8)})
         if device.type == 'cuda':
             torch.cuda.empty_cache()
-    base = times['mask2former']
+    failed = [r['model'] for r in rows if 'error' in r]
+    base = times.get('mask2former')
     ratios = {f'{name} / Mask2Former': dict(train=round(t[0] / base[0], 3),
                                            inference=round(t[1] / base[1], 3))
-              for name, t in times.items() if name.startswith('maps')}
-    return dict(rows=rows, ratios=ratios, anchors=ANCHORS,
-                note='random init, synthetic images; COCO class counts (stuff labels of the '
-                     'synthetic set mapped into the 80 thing / 53 stuff label space)'
-                if not ctx.dry_run else 'tiny configs, CPU')
+              for name, t in times.items() if name.startswith('maps') and base}
+    result = dict(rows=rows, ratios=ratios, anchors=ANCHORS,
+                  note='random init, synthetic images; COCO class counts (stuff labels of the '
+                       'synthetic set mapped into the 80 thing / 53 stuff label space)'
+                  if not ctx.dry_run else 'tiny configs, CPU')
+    if failed:
+        raise SectionFailed(f'{", ".join(failed)} failed (tracebacks in their rows)', result)
+    return result
+
+
+def _measure_family(ctx, family, device, rows, times):
+    """Append ``family``'s rows (MAPS: both training key sources) and {name: (train s,
+    inference s)}."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmmaps.memory import build_external_memory
+    sizes = ctx.sizes
+    cfg = Config.fromfile(write_config(ctx, family))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()  # as the Runner does: e.g. DETR's level embeddings start empty
+    model = model.to(device)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    train_batch, val_batches = _batches(cfg, ctx, _num_things(cfg))
+    optim_wrapper = _optim_wrapper(model, cfg)
+    # MAPS twice: training keys from the model's augmented input (the default, the
+    # paper: the CLIP key encoder runs on every training crop; val keys of whole
+    # pictures from the cache), and from the whole-image cache in training too
+    variants = [('', None)] if family != 'maps' else [
+        (', keys from the model input', 'model_input'),
+        (', full-image cache', 'full_image_cache')]
+    for suffix, key_source in variants:
+        if key_source is not None:
+            memory_cfg = copy.deepcopy(cfg.memory)
+            memory_cfg.retrieval.query_keys = key_source
+            model.attach_memory(build_external_memory(memory_cfg, device=device))
+        name = family + suffix
+        train_s, infer_s, peak = _measure(model, optim_wrapper, train_batch, val_batches,
+                                          sizes, device)
+        times[name] = (train_s, infer_s)
+        rows.append({'model': name, 'params M': round(params, 2),
+                     'train step s (bf16, batch %d, %dx%d)' % (
+                         sizes['batch'], *sizes['train_size']): round(train_s, 3),
+                     'peak train GiB': peak,
+                     'inference img/s (fp32, %dx%d)' % sizes['val_size']:
+                     round(1 / infer_s, 2)})
 
 
 # --------------------------------------------------------------------------- retrieval

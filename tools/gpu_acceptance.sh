@@ -2,7 +2,7 @@
 # The GPU acceptance run in one call (docs/en/get_started.md, "The GPU machine"): set-up from the offline wheel
 # set, then tools/gpu_acceptance.py (report: gpu_acceptance.json + gpu_acceptance.md).
 #
-#   bash tools/gpu_acceptance.sh [--wheels .gpu-wheels] [--out DIR] [--dry-run]
+#   bash tools/gpu_acceptance.sh [--wheels .gpu-wheels] [--out DIR] [--dry-run] [-- ARGS]
 #
 # On the GPU machine (python 3.12, torch 2.11.0+cu130, no network), with the wheel set of
 # `bash tools/gpu_wheels.sh` carried along:
@@ -13,19 +13,23 @@
 #      (tools/build_mmcv.sh) and says which path was taken and how long it took;
 #   3. runs tools/gpu_acceptance.py.
 # --out defaults to $OUT (the device tool's folder that comes back) or
-# work_dirs/gpu_acceptance. --dry-run: no installs, the current environment, CPU, tiny sizes
-# (the test suite runs this so the script cannot rot between GPU sessions).
+# work_dirs/gpu_acceptance. ARGS after -- go to gpu_acceptance.py (e.g. -- --only environment
+# memory_build models: a rerun of some sections within a short device budget). --dry-run:
+# no installs, the current environment, CPU, tiny sizes (the test suite runs this so the
+# script cannot rot between GPU sessions).
 set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WHEELS=$ROOT/.gpu-wheels
 REPORT=${OUT:-$ROOT/work_dirs/gpu_acceptance}
 DRY=0
+EXTRA=()
 while (($#)); do
   case $1 in
     --wheels) WHEELS=$(realpath "$2"); shift 2 ;;
     --out) REPORT=$(realpath -m "$2"); shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n 2,18p "${BASH_SOURCE[0]}"; exit 0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    -h|--help) sed -n 2,19p "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_acceptance: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -35,7 +39,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_acceptance.XXXXXX")
 export PYTHONUNBUFFERED=1
 
 if [[ $DRY == 1 ]]; then
-  exec "$PY" "$ROOT/tools/gpu_acceptance.py" --dry-run --out "$REPORT" --work "$WORK/work"
+  exec "$PY" "$ROOT/tools/gpu_acceptance.py" --dry-run --out "$REPORT" --work "$WORK/work" \
+    ${EXTRA[@]+"${EXTRA[@]}"}
 fi
 
 [[ -f $WHEELS/MANIFEST.txt ]] || {
@@ -79,4 +84,4 @@ else
   export MMMAPS_MMCV_INSTALL="built on this machine from the sdist in $((SECONDS - start)) s"
 fi
 echo "==> mmcv: $MMMAPS_MMCV_INSTALL"
-"$PY" "$ROOT/tools/gpu_acceptance.py" --out "$REPORT" --work "$WORK/work"
+"$PY" "$ROOT/tools/gpu_acceptance.py" --out "$REPORT" --work "$WORK/work" ${EXTRA[@]+"${EXTRA[@]}"}

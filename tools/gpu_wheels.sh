@@ -77,7 +77,9 @@ cp "$MMCV_DIR"/mmcv-*.whl "$STAGE/"
 "$PY" -m pip --disable-pip-version-check download --quiet --no-deps --no-binary :all: \
   --no-build-isolation "mmcv==$MMCV_VERSION" -d "$STAGE"
 
+# the manifest lists every file but itself (the redirection creates it before the glob runs)
 (cd "$STAGE" && for f in *; do
+   [[ $f == MANIFEST.txt ]] && continue
    printf '%s %s %s\n' "$f" "$(stat -c %s "$f")" "$(sha256sum "$f" | cut -d' ' -f1)"
  done) >"$STAGE/MANIFEST.txt"
 TOTAL=$(du -cb "$STAGE" | tail -1 | cut -f1)

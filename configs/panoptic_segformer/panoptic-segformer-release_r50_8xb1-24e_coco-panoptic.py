@@ -67,7 +67,7 @@ model = dict(
         thing_aux_branches=True,
         thing_aux_loss_weight=0.0,
         # the release's focal loss (weight 2) doubled for stuff
-        loss_stuff_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+        loss_stuff_cls=dict(type='Float32FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
                             loss_weight=4.0),
         loss_mask=dict(type='DiceLoss', use_sigmoid=False, activate=False, naive_dice=False,
                        eps=1e-6, loss_weight=2.0)),

@@ -94,12 +94,12 @@ model = dict(
         thing_stuff_weighting='count',  # lambda_things + lambda_stuff = 1 over the batch
         sync_cls_avg_factor=True,
         # location-decoder detection loss (lambda_det = 1): focal + L1 + GIoU
-        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+        loss_cls=dict(type='Float32FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
                       loss_weight=2.0),
         loss_bbox=dict(type='L1Loss', loss_weight=5.0),
         loss_iou=dict(type='GIoULoss', loss_weight=2.0),
         # mask decoder, every layer: focal (lambda_cls = 2) + Dice (lambda_seg = 1)
-        loss_mask_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+        loss_mask_cls=dict(type='Float32FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
                            loss_weight=2.0),
         loss_mask=dict(type='DiceLoss', use_sigmoid=True, activate=True, naive_dice=True,
                        eps=1.0, loss_weight=1.0)),

@@ -69,3 +69,28 @@ def test_setup_env_knows_its_torch_lines(tmp_path):
     wrong = venv('--torch', '2.7')
     assert wrong.returncode == 2 and "unknown torch line '2.7'" in wrong.stderr
     assert not os.listdir(tmp_path)  # --print-venv installs nothing
+
+
+def test_a_section_failing_in_part_keeps_what_it_measured(tmp_path):
+    """The models section of the first H200 run lost Mask2Former's and MAPS's numbers to
+    Panoptic SegFormer's failure; a family's failure is now its row's, reported next to the
+    rows that were measured."""
+    from tests.conftest import load_tool
+    acceptance = load_tool('tools/gpu_acceptance.py')
+    report = acceptance.Report(str(tmp_path), dry_run=True)
+
+    def models():
+        rows = [{'model': 'mask2former', 'train step s': 0.32},
+                {'model': 'panoptic_segformer', 'error': 'Traceback ...\nNotImplementedError: '
+                 '"sigmoid_focal_loss_forward_cuda_kernel" not implemented for \'BFloat16\''}]
+        raise acceptance.SectionFailed('panoptic_segformer failed', dict(rows=rows))
+
+    entry = report.run('models', models)
+    assert entry['status'] == 'failed' and entry['error'] == 'panoptic_segformer failed'
+    with open(tmp_path / 'gpu_acceptance.json') as f:
+        saved = json.load(f)['sections']['models']
+    assert saved['result']['rows'][0] == {'model': 'mask2former', 'train step s': 0.32}
+    markdown = (tmp_path / 'gpu_acceptance.md').read_text()
+    assert '| mask2former | 0.32 |' in markdown
+    assert 'panoptic_segformer failed:' in markdown and "for 'BFloat16'" in markdown
+    assert '| panoptic_segformer |' not in markdown  # the traceback is not a table cell

@@ -80,7 +80,7 @@ class PanopticSegFormerHead(DeformableDETRHead):
                  query_decoupling: bool = True,
                  location_target: str = 'box',
                  mask_decoder: dict = dict(num_layers=6),
-                 loss_mask_cls: dict = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
+                 loss_mask_cls: dict = dict(type='Float32FocalLoss', use_sigmoid=True, gamma=2.0,
                                             alpha=0.25, loss_weight=2.0),
                  loss_mask: dict = dict(type='DiceLoss', use_sigmoid=True, activate=True,
                                         naive_dice=True, eps=1.0, loss_weight=1.0),

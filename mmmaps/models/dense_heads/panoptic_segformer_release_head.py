@@ -72,7 +72,7 @@ class PanopticSegFormerReleaseHead(PanopticSegFormerHead):
                  *args,
                  thing_mask_decoder: dict,
                  stuff_mask_decoder: dict,
-                 loss_stuff_cls: dict = dict(type='FocalLoss', use_sigmoid=True, gamma=2.0,
+                 loss_stuff_cls: dict = dict(type='Float32FocalLoss', use_sigmoid=True, gamma=2.0,
                                              alpha=0.25, loss_weight=4.0),
                  filter_rounds: int = 1,
                  filter_max_queries: Optional[int] = None,
