@@ -28,6 +28,13 @@ be run in parts; ``--jobs`` trainings at a time, one thread each):
 Statistic: paired differences (arm - Mask2Former) over the seeds with a 95 % t-interval, on
 PQ_th and on the look-alike confusion rate.
 
+The arms phase records each finished run in a committed ledger
+(``benchmarks/results/<results name>_runs.json``; ``RunLedger``) with a description of the
+run made before it starts (``run_description``: config, options, digests of its inputs,
+versions) and the commit it ran with, and takes a run from there instead of training it only
+when the description is equal: seeds accumulate over sessions whose machines keep no work
+dirs. A code change that changes results deletes the ledgers it affects.
+
 Reading, written down before running:
 
 - oracle ~ Mask2Former (interval covers 0): no headroom on this data at this size;
@@ -68,14 +75,15 @@ import json
 import os.path as osp
 import re
 import statistics
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Optional
 
 from mmmaps.datasets.synthetic_panoptic import SCENE_VARIANTS
-from benchmarks.runs import (ROOT, interval95, publish, run, schedule, stamped_test,
-                             stamped_training, validation_curve, write_images,
-                             write_subset)
+from benchmarks.runs import (ROOT, RunLedger, directory_digest, interval95, portable,
+                             publish, run, schedule, stamped_test, stamped_training,
+                             validation_curve, write_images, write_subset)
 
 MASK2FORMER = 'configs/mask2former/mask2former_r18_synthetic-panoptic.py'
 MAPS = 'configs/maps/maps_r18_synthetic-panoptic_standin-clip.py'
@@ -155,6 +163,7 @@ def parse_args(argv=None):
     # reference) do not depend on the MAPS config: every MAPS config of a variant is paired
     # with the same ones
     args.variant_dir = args.work_dir or f'work_dirs/maps_evidence{suffix}'
+    args.variant_results_name = f'maps_evidence{suffix}'
     # another MAPS config: its own runs (the arms' stamps would retrain over each other) and
     # published names
     if osp.normpath(args.maps_config) != osp.normpath(MAPS):
@@ -398,8 +407,8 @@ def oracle_memory(memory: str, ann: str, dst: str, seed: int = 0) -> str:
     val neighbours) and what it hands over is exactly the scene type. The vectors are random
     Gaussian directions (``seed``; scene types in sorted order; near-orthogonal at 192-d)
     scaled to the bank's mean value norm, so the memory's value projection sees values of
-    the usual size. ``dst`` should name the source (its scene manifest's sha256) so that a
-    rebuilt source gets a new oracle. Retrieval searches the labelled subset's memory: where
+    the usual size. ``dst`` should name the source (a digest of its content) so that a
+    different source gets a new oracle. Retrieval searches the labelled subset's memory: where
     a scene type has fewer than k other images there, some of the k retrieved are of another
     type, for MAPS and for the oracle alike."""
     import shutil
@@ -448,24 +457,23 @@ def seed_inputs(args, seed, oracle=False):
     """Seed ``seed``'s labelled annotation file, the memory of those images and (with
     ``oracle``) its oracle memory: written once per seed, before any of its trainings run
     (parallel arms of a seed share them)."""
-    from mmmaps.memory.storage import sha256_file
-
     ann = labelled_subset(args, args.size, seed)
     memory = build_memory(args, ann, osp.join(args.work_dir, 'memory',
                                               f'n{args.size}_seed{seed}'))
     oracle_root = None
-    if oracle:  # named by the source scene bank's manifest: a rebuilt memory, a new oracle
-        with open(osp.join(memory, 'manifest.json')) as f:
-            scene_manifest = osp.join(memory, json.load(f)['banks']['scene'], 'manifest.json')
+    if oracle:  # named by the source memory's content: a different memory, a new oracle;
+        # the same memory rebuilt on another machine, the same name (the ledger's run
+        # descriptions hold this path)
         oracle_root = oracle_memory(memory, ann, osp.join(
-            args.work_dir, 'memory', f'n{args.size}_seed{seed}_oracle_'
-            f'{sha256_file(scene_manifest)[:12]}'))
+            args.work_dir, 'memory',
+            f'n{args.size}_seed{seed}_oracle_{directory_digest(memory)[:12]}'))
     return ann, memory, oracle_root
 
 
-def arm_run(args, arm, seed, ann, memory, oracle=None):
-    """Train (stamped) arm ``arm`` of seed ``seed`` on ``ann`` (MAPS arms: with the memory
-    ``memory``, the oracle arm with ``oracle``); (work dir, config, test options)."""
+def arm_plan(args, arm, seed, ann, memory, oracle=None):
+    """Where and how arm ``arm`` of seed ``seed`` trains on ``ann`` (MAPS arms: with the
+    memory ``memory``, the oracle arm with ``oracle``): (work dir, config, training options,
+    test options)."""
     runs = args.variant_dir if arm == 'mask2former' else args.work_dir
     work = osp.join(runs, f'iters{args.iters}', f'{arm}_n{args.size}_seed{seed}')
     common = [f'randomness.seed={seed}']
@@ -476,13 +484,76 @@ def arm_run(args, arm, seed, ann, memory, oracle=None):
         if arm == 'oracle' and not oracle:
             raise ValueError('the oracle arm needs its oracle memory (seed_inputs(oracle=True))')
         common.append(f'memory.root={oracle if arm == "oracle" else memory}')
-    stamped_training(work, config, schedule(args.iters) + common + arm_options + [
-        f'train_dataloader.dataset.ann_file={ann}'])
+    train_options = schedule(args.iters) + common + arm_options + [
+        f'train_dataloader.dataset.ann_file={ann}']
     # tests read the arm's options, except the training-only wrong memory
     test_options = common + [o for o in arm_options if 'wrong_memory_prob' not in o]
     if arm == 'maps_shuffled':
         test_options += list(SHUFFLED)
+    return work, config, train_options, test_options
+
+
+def arm_run(args, arm, seed, ann, memory, oracle=None):
+    """Train (stamped) arm ``arm`` of seed ``seed`` (``arm_plan``); (work dir, config, test
+    options)."""
+    work, config, train_options, test_options = arm_plan(args, arm, seed, ann, memory, oracle)
+    stamped_training(work, config, train_options)
     return work, config, test_options
+
+
+def ledger_of(args, arm) -> RunLedger:
+    """The committed ledger of ``arm``'s runs: Mask2Former's is the data variant's (shared by
+    every MAPS config, like its work dirs), a MAPS arm's is its MAPS config's."""
+    name = args.variant_results_name if arm == 'mask2former' else args.results_name
+    return RunLedger(osp.join(ROOT, 'benchmarks', 'results', f'{name}_runs.json'))
+
+
+def run_description(args, config, train_options, test_options, ann, memory=None) -> dict:
+    """What one arm's training and test are, for the ledger, computed before they run: the
+    config (resolved, portable paths), the options, the sha256 of the labelled annotation
+    file, a digest of the data root (images and annotations) and of the memory it reads, and
+    the versions the numbers depend on. Not the code: every change anywhere in the package
+    would void every record, so each record keeps its commit and sources digest beside it
+    (``source_info``) and the published table lists the commits; a change to the models,
+    memory or evaluation code that changes results deletes the ledgers it affects, as it
+    must delete the stamped work dirs."""
+    import torch
+    from mmengine.config import Config
+    from mmmaps.memory.storage import sha256_file
+    resolved = Config.fromfile(osp.join(ROOT, config)).to_dict()
+    inputs = dict(annotation=sha256_file(ann),
+                  data=directory_digest(osp.abspath(args.data_root)))
+    if memory is not None:
+        inputs['memory'] = directory_digest(memory)
+    return portable(dict(
+        config=config, resolved=json.loads(json.dumps(resolved, default=str)),
+        train_options=train_options, test_options=test_options, inputs=inputs,
+        versions=dict(torch=torch.__version__, python='%d.%d' % sys.version_info[:2])))
+
+
+def source_info() -> dict:
+    """The code a run ran with (kept beside its ledger record, not part of its
+    description): the commit and a digest of the mmmaps sources."""
+    return dict(commit=git_commit(), sources=directory_digest(osp.join(ROOT, 'mmmaps'), '.py'))
+
+
+def short_commit(commit: Optional[str]) -> str:
+    """12 hex digits, and whether the tree had uncommitted changes."""
+    if not commit:
+        return '-'
+    return commit[:12] + ('+dirty' if commit.endswith('+dirty') else '')
+
+
+def git_commit() -> str:
+    """HEAD of this checkout, '+dirty' when it has uncommitted changes to tracked files."""
+    def git(*cmd):
+        return subprocess.run(['git', *cmd], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        return git('rev-parse', 'HEAD') + ('+dirty' if git('status', '--porcelain',
+                                                           '--untracked-files=no') else '')
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
 
 
 def evaluate(args, work, config, name, options, extra=(), memory_classes=None):
@@ -515,15 +586,34 @@ def arms(args):
     names = ['mask2former'] + list(args.arms or CORE_ARMS)
     jobs = [(arm, seed) for seed in args.seeds for arm in names]
 
+    def describe(job):
+        arm, seed = job
+        ann, memory, oracle = inputs[seed]
+        plan = arm_plan(args, arm, seed, ann, memory, oracle)
+        return plan, run_description(args, *plan[1:], ann, None if arm == 'mask2former' else
+                                     oracle if arm == 'oracle' else memory)
+
     def one(job):
         arm, seed = job
-        work, config, options = arm_run(args, arm, seed, *inputs[seed])
-        result = evaluate(args, work, config, 'test', options)
-        print(f'  {arm} seed {seed}: PQ {result["PQ"]:.1f} PQ_th {result["PQ_th"]:.1f} '
-              f'flips {result["look_alike_flips"]:.1f} %', flush=True)
-        return job, result
+        (work, config, train_options, test_options), what = plans[job]
+        key, ledger = f'iters{args.iters}/n{args.size}/{arm}/seed{seed}', ledger_of(args, arm)
+        result, origin = ledger.lookup(key, what), 'ledger'
+        if result is None:
+            start, origin = time.time(), 'run here'
+            seconds = stamped_training(work, config, train_options)
+            result = evaluate(args, work, config, 'test', test_options)
+            ledger.record(key, what, result, training_seconds=round(seconds),
+                          seconds=round(time.time() - start), date=time.strftime('%Y-%m-%d'),
+                          **code)
+        print(f'  {arm} seed {seed} ({origin}): PQ {result["PQ"]:.1f} PQ_th '
+              f'{result["PQ_th"]:.1f} flips {result["look_alike_flips"]:.1f} %', flush=True)
+        return job, dict(result, origin=origin, commit=ledger.info(key).get('commit'))
 
     inputs = {seed: seed_inputs(args, seed, oracle='oracle' in names) for seed in args.seeds}
+    # described here, one after another: reading configs is not thread-safe (mmengine's
+    # base-config lookup goes through pkg_resources)
+    plans = {job: describe(job) for job in jobs}
+    code = source_info()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(pool.map(one, jobs))
     columns = ('PQ', 'PQ_th', 'look_alike_flips')
@@ -545,10 +635,15 @@ def arms(args):
             f'{cells[c]["mean"]:+.2f} ± {cells[c]["half_width_95"]:.2f}' for c in columns)
             + ' |')
     lines += ['', '(mean paired difference ± half-width of its 95 % t-interval)', '',
-              '| arm | seed | PQ | PQ_th | look-alike flips |', '|---|---|---|---|---|']
+              '| arm | seed | PQ | PQ_th | look-alike flips | from | commit |',
+              '|---|---|---|---|---|---|---|']
     for (arm, seed), r in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         lines.append(f'| {arm} | {seed} | {r["PQ"]:.1f} | {r["PQ_th"]:.1f} | '
-                     f'{r["look_alike_flips"]:.1f} % |')
+                     f'{r["look_alike_flips"]:.1f} % | {r["origin"]} | '
+                     f'{short_commit(r["commit"])} |')
+    lines += ['', '("ledger": the result recorded earlier for the same run description, in '
+              'benchmarks/results/*_runs.json; "run here": trained and tested by this call; '
+              'commit: the code the run ran with)']
     return dict(paired=paired, runs=[dict(arm=a, seed=s, result=r)
                                      for (a, s), r in results.items()]), '\n'.join(lines)
 

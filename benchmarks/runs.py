@@ -1,6 +1,6 @@
 """What the training benchmarks share: running a tool with one thread, the tiny configs'
-schedule override, reading a test's summary, stamped (reusable) trainings, subsets of the
-labelled split and the paired 95 % interval."""
+schedule override, reading a test's summary, stamped (reusable) trainings, the committed
+ledger of finished runs, subsets of the labelled split and the paired 95 % interval."""
 import os, sys; sys.path.insert(0, os.path.realpath(__file__ + '/../..'))  # noqa (this checkout first)
 
 import glob
@@ -8,6 +8,7 @@ import json
 import os.path as osp
 import statistics
 import subprocess
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -113,6 +114,105 @@ def stamped_test(work: str, name: str, config: str, options: Sequence[str],
         json.dump(stamp, f)
     os.replace(stamp_file + '.tmp', stamp_file)
     return summary(osp.join(out, 'metrics.json'))
+
+
+LEDGER_FORMAT = 'mmmaps-run-ledger/1'
+
+
+def portable(value):
+    """``value`` (a str, or lists/tuples/dicts of them) with this checkout's absolute path
+    written relative to it, so that a run's description is the same in every clone."""
+    if isinstance(value, str):
+        return value.replace(ROOT + os.sep, '')
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    return value
+
+
+def directory_digest(root: str, suffix: str = '') -> str:
+    """sha256 over the relative paths and contents of the files under ``root`` (only those
+    ending in ``suffix`` when given), leaving out ``manifest.json`` files (they hold the
+    build's time), logs and ``__pycache__``: equal for two builds of the same memory bank or
+    two clones of the same sources, whichever machine made them."""
+    import hashlib
+    if not osp.isdir(root):
+        raise FileNotFoundError(f'directory_digest: {root} is not a directory')
+    paths = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != '__pycache__']
+        paths += [osp.relpath(osp.join(folder, name), root) for name in files
+                  if name != 'manifest.json' and not name.endswith('.log')
+                  and name.endswith(suffix)]
+    digest = hashlib.sha256()
+    for rel in sorted(paths):
+        digest.update(rel.encode() + b'\0')
+        with open(osp.join(root, rel), 'rb') as f:
+            for block in iter(lambda: f.read(1 << 22), b''):
+                digest.update(block)
+        digest.update(b'\0')
+    return digest.hexdigest()
+
+
+class RunLedger:
+    """The results of finished runs, in a JSON file committed under ``benchmarks/results/``.
+
+    An experiment longer than one session runs in parts on machines that keep nothing
+    between sessions (``work_dirs/`` goes with each fresh clone), so the stamps in the work
+    dirs cannot carry it; the ledger does. Each record is keyed (e.g. ``iters2000/n50/
+    oracle/seed3``) and holds ``what`` ran, a JSON description the caller builds *before*
+    running (config, options with portable paths, the sha256 of every input file, the torch
+    version), next to the result and what the caller adds (seconds, commit). ``lookup``
+    returns the result only when the record's ``what`` equals the run about to start; a
+    record of the same key with another ``what`` is not used, and is replaced when that run
+    is redone. Safe for the benchmarks' parallel
+    jobs and for two processes (a lock file beside it); written atomically (temp file, then
+    rename)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _runs(self) -> dict:
+        if not osp.isfile(self.path):
+            return {}
+        with open(self.path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get('format') != LEDGER_FORMAT:
+            raise ValueError(f'{self.path}: not a run ledger (expected "format": '
+                             f'"{LEDGER_FORMAT}")')
+        return data['runs']
+
+    def lookup(self, key: str, what: dict) -> Optional[dict]:
+        """The recorded result of ``key`` if it was recorded for the same ``what``."""
+        with self._lock:
+            record = self._runs().get(key)
+        if record is None or record['what'] != json.loads(json.dumps(what)):
+            return None
+        return record['result']
+
+    def info(self, key: str) -> dict:
+        """What ``record`` kept beside ``key``'s result (seconds, commit, date); {} if none."""
+        with self._lock:
+            record = self._runs().get(key) or {}
+        return {k: v for k, v in record.items() if k not in ('what', 'result')}
+
+    def record(self, key: str, what: dict, result: dict, **info) -> None:
+        """Keep ``result`` of the run ``what`` under ``key`` (with ``info``: its seconds,
+        commit, date)."""
+        import fcntl
+        os.makedirs(osp.dirname(osp.abspath(self.path)), exist_ok=True)
+        # two benchmark processes may record into one ledger: read-modify-write under a lock
+        with self._lock, open(self.path + '.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            runs = self._runs()
+            runs[key] = dict(what=what, result=result, **info)
+            with open(self.path + '.tmp', 'w') as f:
+                json.dump(dict(format=LEDGER_FORMAT, runs=dict(sorted(runs.items()))), f,
+                          indent=1)
+                f.write('\n')
+            os.replace(self.path + '.tmp', self.path)
 
 
 def write_subset(src: str, dst: str, num_images: int, seed: Optional[int] = None) -> List[int]:

@@ -70,3 +70,58 @@ def test_validation_curve_reads_each_validation_at_its_iteration(runs, tmp_path)
         f.write('\n' + json.dumps({'coco_panoptic/PQ': 1.0, 'step': 1000}))
     with pytest.raises(ValueError, match='two validations logged at step 1000'):
         runs.validation_curve(osp.join(tmp_path, 'train'))
+
+
+def test_run_ledger_reuses_a_result_only_for_the_same_run(runs, tmp_path):
+    """The committed ledger an experiment accumulates across sessions: a record answers only
+    a run described exactly as it was; a redone run replaces its record."""
+    path = str(tmp_path / 'results' / 'x_runs.json')
+    ledger = runs.RunLedger(path)
+    what = dict(config='a.py', options=('lr=1', 'seed=3'), inputs=dict(annotation='ab12'))
+    assert ledger.lookup('n50/maps/seed3', what) is None  # no file yet
+    ledger.record('n50/maps/seed3', what, dict(PQ=61.5), seconds=900)
+    ledger.record('n50/maps/seed0', dict(what, options=['seed=0']), dict(PQ=60.0))
+    again = runs.RunLedger(path)  # another session reads the committed file
+    assert again.lookup('n50/maps/seed3', json.loads(json.dumps(what))) == dict(PQ=61.5)
+    assert again.lookup('n50/maps/seed3', dict(what, inputs=dict(annotation='ab13'))) is None
+    assert again.lookup('n50/maps/seed3', dict(what, options=('lr=1',))) is None
+    assert again.lookup('n50/maps/seed4', what) is None
+    again.record('n50/maps/seed3', dict(what, inputs=dict(annotation='ab13')), dict(PQ=59.0))
+    assert again.lookup('n50/maps/seed3', what) is None
+    with open(path) as f:
+        data = json.load(f)
+    assert data['format'] == 'mmmaps-run-ledger/1'
+    assert list(data['runs']) == ['n50/maps/seed0', 'n50/maps/seed3']
+    assert data['runs']['n50/maps/seed3']['result'] == dict(PQ=59.0)
+    assert not list((tmp_path / 'results').glob('*.tmp'))
+    (tmp_path / 'other.json').write_text(json.dumps(dict(runs={})))
+    with pytest.raises(ValueError, match=r'other\.json: not a run ledger'):
+        runs.RunLedger(str(tmp_path / 'other.json')).lookup('k', what)
+
+
+def test_directory_digest_follows_content_not_build_time(runs, tmp_path):
+    """Two builds of the same memory on two machines differ only in their manifests' times
+    and their logs; the digest is equal for them and changes with any byte or name."""
+    def build(folder, created, payload=b'\x00\x01keys'):
+        (folder / 'scene' / '__pycache__').mkdir(parents=True)
+        (folder / 'scene' / 'keys.npy').write_bytes(payload)
+        (folder / 'scene' / 'manifest.json').write_text(json.dumps(dict(created=created)))
+        (folder / 'manifest.json').write_text(json.dumps(dict(created=created)))
+        (folder / 'build.log').write_text(f'built at {created}')
+        (folder / 'scene' / '__pycache__' / 'x.pyc').write_bytes(created.encode())
+        return runs.directory_digest(str(folder))
+
+    a = build(tmp_path / 'a', '2026-12-01T10:00:00')
+    assert build(tmp_path / 'b', '2026-12-04T18:30:00') == a
+    assert build(tmp_path / 'c', '2026-12-01T10:00:00', b'\x00\x02keys') != a
+    (tmp_path / 'b' / 'scene' / 'keys.npy').rename(tmp_path / 'b' / 'scene' / 'values.npy')
+    assert runs.directory_digest(str(tmp_path / 'b')) != a
+    assert runs.directory_digest(str(tmp_path / 'a'), '.py') != a  # no .py file: empty digest
+    with pytest.raises(FileNotFoundError, match='is not a directory'):
+        runs.directory_digest(str(tmp_path / 'missing'))
+
+
+def test_portable_writes_checkout_paths_relative_to_it(runs):
+    inside = osp.join(runs.ROOT, 'work_dirs', 'm', 'ann.json')
+    assert runs.portable(['x=' + inside, ('/elsewhere/a.json',), dict(k=inside), 3]) == \
+        ['x=work_dirs/m/ann.json', ['/elsewhere/a.json'], dict(k='work_dirs/m/ann.json'), 3]

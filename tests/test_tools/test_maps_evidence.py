@@ -272,3 +272,68 @@ def test_robustness_pairs_each_wrong_memory_with_memory_off_on_the_same_classes(
     # seed 1: only the lake row has absent classes
     check(both['PQ_absent'], [(-40.0 - 30.0) / 2, -20.0, (-30.0 - 20.0) / 2])
     assert ('maps', 'memory off') not in out
+
+
+def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypatch, tmp_path):
+    """Seeds of the arms phase accumulate over sessions on machines that keep nothing: a
+    second session trains nothing the ledger holds for the same inputs, and retrains a run
+    whose memory (or labelled subset) changed."""
+    data = tmp_path / 'data'
+    (data / 'annotations').mkdir(parents=True)
+    (data / 'annotations' / 'panoptic_val.json').write_text('{}')
+    inputs = {}
+    for seed in (0, 1):
+        ann = tmp_path / f'ann_seed{seed}.json'
+        ann.write_text(json.dumps(dict(seed=seed)))
+        for name in ('memory', 'oracle'):
+            (tmp_path / f'{name}{seed}').mkdir()
+            (tmp_path / f'{name}{seed}' / 'values.bin').write_bytes(bytes([seed]))
+        inputs[seed] = (str(ann), str(tmp_path / f'memory{seed}'), str(tmp_path / f'oracle{seed}'))
+    trained = []
+    results = {('mask2former', 0): 40.0, ('mask2former', 1): 42.0, ('oracle', 0): 45.0,
+               ('oracle', 1): 44.0}
+
+    def train(work, config, options):
+        trained.append(osp.basename(work))
+        return 1.0
+
+    def evaluate(args, work, config, name, options):
+        arm, _, seed = osp.basename(work).rpartition('_n5_seed')
+        pq = results[(arm, int(seed))]
+        return dict(PQ=pq + 20, PQ_th=pq, look_alike_flips=10.0)
+
+    monkeypatch.setattr(evidence, 'seed_inputs', lambda args, seed, oracle: inputs[seed])
+    monkeypatch.setattr(evidence, 'stamped_training', train)
+    monkeypatch.setattr(evidence, 'evaluate', evaluate)
+    monkeypatch.setattr(evidence, 'ledger_of', lambda args, arm: evidence.RunLedger(
+        str(tmp_path / 'results' / f'{arm == "mask2former"}_runs.json')))
+    args = evidence.parse_args(['arms', '--iters', '7', '--size', '5', '--seeds', '0', '1',
+                                '--arms', 'oracle', '--data-root', str(data), '--jobs', '1',
+                                '--work-dir', str(tmp_path / 'work')])
+    first, _ = evidence.arms(args)
+    assert sorted(trained) == ['mask2former_n5_seed0', 'mask2former_n5_seed1',
+                               'oracle_n5_seed0', 'oracle_n5_seed1']
+    # oracle - Mask2Former on PQ_th: +5, +2
+    assert first['paired']['oracle']['PQ_th']['values'] == [5.0, 2.0]
+    trained.clear()
+    second, text = evidence.arms(args)  # the next session: nothing left to train
+    assert trained == []
+    assert second['paired'] == first['paired']
+    assert {r['result']['origin'] for r in second['runs']} == {'ledger'}
+    assert '| oracle | 1 | 64.0 | 44.0 | 10.0 % | ledger |' in text
+    # a rebuilt oracle memory of seed 1 with other values: only that run is redone
+    (tmp_path / 'oracle1' / 'values.bin').write_bytes(b'\x07')
+    results[('oracle', 1)] = 43.0
+    third, _ = evidence.arms(args)
+    assert trained == ['oracle_n5_seed1']
+    assert third['paired']['oracle']['PQ_th']['values'] == [5.0, 1.0]
+
+
+def test_each_arm_reads_and_writes_its_own_committed_ledger(evidence):
+    args = evidence.parse_args(['arms', '--data-variant', 'landmarks',
+                                '--maps-config', 'configs/maps/other.py'])
+    results = osp.join(evidence.ROOT, 'benchmarks', 'results')
+    assert evidence.ledger_of(args, 'mask2former').path == \
+        osp.join(results, 'maps_evidence_landmarks_runs.json')
+    assert evidence.ledger_of(args, 'oracle').path == \
+        osp.join(results, 'maps_evidence_landmarks_other_runs.json')
