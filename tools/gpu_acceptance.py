@@ -465,7 +465,9 @@ def models(ctx) -> dict:
     rows, times = [], {}
     for family in ('mask2former', 'maps', 'panoptic_segformer'):
         try:  # one family's failure is its row's, the others are still measured
-            _measure_family(ctx, family, device, rows, times)
+            family_rows, family_times = _measure_family(ctx, family, device)
+            rows += family_rows
+            times.update(family_times)
         except Exception:  # noqa: BLE001 (reported in the row, the section fails below)
             rows.append({'model': family, 'error': traceback.format_exc(limit=-8)})
         if device.type == 'cuda':
@@ -484,13 +486,14 @@ def models(ctx) -> dict:
     return result
 
 
-def _measure_family(ctx, family, device, rows, times):
-    """Append ``family``'s rows (MAPS: both training key sources) and {name: (train s,
+def _measure_family(ctx, family, device):
+    """``family``'s report rows (MAPS: both training key sources) and {name: (train s,
     inference s)}."""
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmmaps.memory import build_external_memory
     sizes = ctx.sizes
+    rows, times = [], {}
     cfg = Config.fromfile(write_config(ctx, family))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -520,6 +523,7 @@ def _measure_family(ctx, family, device, rows, times):
                      'peak train GiB': peak,
                      'inference img/s (fp32, %dx%d)' % sizes['val_size']:
                      round(1 / infer_s, 2)})
+    return rows, times
 
 
 # --------------------------------------------------------------------------- retrieval
