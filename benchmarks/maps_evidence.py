@@ -650,7 +650,10 @@ def arms(args):
 
 def counterfactual(args):
     """Each retrieving MAPS arm tested with its memory, memory off, a shuffled memory and
-    the memory of each single scene type; paired differences against memory off."""
+    the memory of each single scene type; paired differences against memory off. Like the
+    arms phase, an (arm, seed) whose trained model and tests are in the committed ledger
+    (key ``.../ARM/seedS/counterfactual``, the description holding every test memory's
+    digest) is neither trained nor tested again."""
     if not (args.iters and args.size):
         raise SystemExit('maps_evidence.py counterfactual: give --iters and --size')
     chosen = args.arms or ['maps']
@@ -671,9 +674,30 @@ def counterfactual(args):
             tests[seed][f'memory of {scene} only'] = ((), ('--memory', root),
                                                       categories_in(sub))
 
+    def describe(job):
+        """The arm's run description (``run_description``) and its tests: their options,
+        and the digest of each memory a test reads instead of the arm's own."""
+        arm, seed = job
+        ann, memory = inputs[seed]
+        plan = arm_plan(args, arm, seed, ann, memory)
+        what = run_description(args, *plan[1:], ann, memory)
+        what['tests'] = {
+            name: dict(options=list(extra_options), args=portable(list(extra_args)),
+                       memory=directory_digest(extra_args[1]) if extra_args else None)
+            for name, (extra_options, extra_args, _) in tests[seed].items()}
+        return plan, what
+
     def one(job):
         arm, seed = job
-        work, config, options = arm_run(args, arm, seed, *inputs[seed])
+        (work, config, train_options, options), what = plans[job]
+        key, ledger = (f'iters{args.iters}/n{args.size}/{arm}/seed{seed}/counterfactual',
+                       ledger_of(args, arm))
+        recorded = ledger.lookup(key, what)
+        if recorded is not None:
+            print(f'  {arm} seed {seed}: {len(recorded["rows"])} tests (ledger)', flush=True)
+            return [dict(r, origin='ledger') for r in recorded['rows']]
+        start = time.time()
+        seconds = stamped_training(work, config, train_options)
         rows = []
         for name, (extra_options, extra_args, memory_classes) in tests[seed].items():
             result = evaluate(args, work, config, name,
@@ -681,11 +705,17 @@ def counterfactual(args):
                               + list(extra_options), extra_args, memory_classes)
             rows.append(dict(result, seed=seed, arm=arm, test=name))
             print(f'  {arm} seed {seed} {name}: PQ {result["PQ"]:.1f}', flush=True)
-        return rows
+        ledger.record(key, what, dict(rows=rows), training_seconds=round(seconds),
+                      seconds=round(time.time() - start), date=time.strftime('%Y-%m-%d'),
+                      **code)
+        return [dict(r, origin='run here') for r in rows]
 
+    # described one after another in this thread (reading configs is not thread-safe)
+    jobs = [(arm, seed) for seed in args.seeds for arm in chosen]
+    plans = {job: describe(job) for job in jobs}
+    code = source_info()
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = [r for job_rows in pool.map(one, [(arm, seed) for seed in args.seeds
-                                                 for arm in chosen]) for r in job_rows]
+        rows = [r for job_rows in pool.map(one, jobs) for r in job_rows]
     robustness = against_memory_off(rows, args.seeds)
     normal_cost = {arm: paired_cells(rows, args.seeds, (arm, OWN_MEMORY), ('maps', OWN_MEMORY))
                    for arm in chosen if arm != 'maps' and 'maps' in chosen}
@@ -711,13 +741,17 @@ def counterfactual(args):
         for arm, cells in normal_cost.items():
             lines.append(f'| {arm} | ' + ' | '.join(
                 format_cell(cells[c]) for c in ('PQ', 'PQ_th', 'look_alike_flips')) + ' |')
-    lines += ['', '| arm | seed | test | PQ | PQ_th | PQ absent (classes) | look-alike flips |',
-              '|---|---|---|---|---|---|---|']
+    lines += ['', '| arm | seed | test | PQ | PQ_th | PQ absent (classes) | look-alike flips '
+              '| from |', '|---|---|---|---|---|---|---|---|']
     for r in sorted(rows, key=lambda r: (r['arm'], r['seed'])):
         absent = ('-' if r['PQ_absent'] is None else
                   f'{r["PQ_absent"]:.1f} ({", ".join(r["absent_classes"])})')
         lines.append(f'| {r["arm"]} | {r["seed"]} | {r["test"]} | {r["PQ"]:.1f} | '
-                     f'{r["PQ_th"]:.1f} | {absent} | {r["look_alike_flips"]:.1f} % |')
+                     f'{r["PQ_th"]:.1f} | {absent} | {r["look_alike_flips"]:.1f} % | '
+                     f'{r["origin"]} |')
+    lines += ['', '("ledger": the tests recorded earlier for the same trained run and test '
+              'memories, in benchmarks/results/*_runs.json; "run here": trained and tested by '
+              'this call)']
     return dict(rows=rows, against_memory_off=[dict(arm=a, test=t, **cells)
                                                for (a, t), cells in robustness.items()],
                 normal_cost=normal_cost), '\n'.join(lines)

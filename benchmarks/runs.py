@@ -256,8 +256,10 @@ def interval95(diffs):
 def publish(name: str, payload: dict, text: str) -> str:
     """Write ``benchmarks/results/NAME.{json,md}`` (the report of a ``--publish`` run)."""
     out = osp.join(ROOT, 'benchmarks', 'results', name)
-    with open(out + '.json', 'w') as f:
-        json.dump(payload, f, indent=2)
-    with open(out + '.md', 'w') as f:
-        f.write(text + '\n')
+    # each file whole or not at all: a report replaced by a killed run keeps its old version
+    for suffix, write in (('.json', lambda f: json.dump(payload, f, indent=2)),
+                          ('.md', lambda f: f.write(text + '\n'))):
+        with open(out + suffix + '.tmp', 'w') as f:
+            write(f)
+        os.replace(out + suffix + '.tmp', out + suffix)
     return out

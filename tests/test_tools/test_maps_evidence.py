@@ -274,21 +274,28 @@ def test_robustness_pairs_each_wrong_memory_with_memory_off_on_the_same_classes(
     assert ('maps', 'memory off') not in out
 
 
+def _fake_seed_inputs(tmp_path, memories):
+    """A data root with a val annotation, and for seeds 0 and 1 a labelled annotation file
+    ``ann_seedS.json`` and one folder ``NAMES`` per memory name, each with one file of its
+    own content; the data root."""
+    data = tmp_path / 'data'
+    (data / 'annotations').mkdir(parents=True)
+    (data / 'annotations' / 'panoptic_val.json').write_text('{}')
+    for seed in (0, 1):
+        (tmp_path / f'ann_seed{seed}.json').write_text(json.dumps(dict(seed=seed)))
+        for name in memories:
+            (tmp_path / f'{name}{seed}').mkdir()
+            (tmp_path / f'{name}{seed}' / 'values.bin').write_bytes(bytes([seed]))
+    return data
+
+
 def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypatch, tmp_path):
     """Seeds of the arms phase accumulate over sessions on machines that keep nothing: a
     second session trains nothing the ledger holds for the same inputs, and retrains a run
     whose memory (or labelled subset) changed."""
-    data = tmp_path / 'data'
-    (data / 'annotations').mkdir(parents=True)
-    (data / 'annotations' / 'panoptic_val.json').write_text('{}')
-    inputs = {}
-    for seed in (0, 1):
-        ann = tmp_path / f'ann_seed{seed}.json'
-        ann.write_text(json.dumps(dict(seed=seed)))
-        for name in ('memory', 'oracle'):
-            (tmp_path / f'{name}{seed}').mkdir()
-            (tmp_path / f'{name}{seed}' / 'values.bin').write_bytes(bytes([seed]))
-        inputs[seed] = (str(ann), str(tmp_path / f'memory{seed}'), str(tmp_path / f'oracle{seed}'))
+    data = _fake_seed_inputs(tmp_path, ('memory', 'oracle'))
+    inputs = {seed: (str(tmp_path / f'ann_seed{seed}.json'), str(tmp_path / f'memory{seed}'),
+                     str(tmp_path / f'oracle{seed}')) for seed in (0, 1)}
     trained = []
     results = {('mask2former', 0): 40.0, ('mask2former', 1): 42.0, ('oracle', 0): 45.0,
                ('oracle', 1): 44.0}
@@ -327,6 +334,68 @@ def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypat
     third, _ = evidence.arms(args)
     assert trained == ['oracle_n5_seed1']
     assert third['paired']['oracle']['PQ_th']['values'] == [5.0, 1.0]
+
+
+def test_counterfactual_tests_only_what_the_committed_ledger_lacks(evidence, monkeypatch,
+                                                                  tmp_path):
+    """The counterfactual phase (a trained MAPS tested with 7 memories) also accumulates over
+    sessions: a second session trains and tests nothing the ledger holds, and a seed whose
+    single-scene memory was rebuilt with other content is trained and tested again (that
+    seed only); the paired statistic is the same whichever call computed the rows."""
+    data = _fake_seed_inputs(tmp_path, ('memory', 'street', 'lake'))
+    inputs = {seed: (str(tmp_path / f'ann_seed{seed}.json'), str(tmp_path / f'memory{seed}'),
+                     None) for seed in (0, 1)}
+    trained, tested = [], []
+    # PQ per (seed, test); memory off is the reference
+    pq = {0: {'own memory': 70.0, 'memory off': 66.0, 'shuffled memory': 60.0,
+              'memory of lake only': 58.0, 'memory of street only': 64.0},
+          1: {'own memory': 71.0, 'memory off': 68.0, 'shuffled memory': 63.0,
+              'memory of lake only': 61.0, 'memory of street only': 65.0}}
+
+    def train(work, config, options):
+        trained.append(osp.basename(work))
+        return 1.0
+
+    def evaluate(args, work, config, name, options, extra=(), memory_classes=None):
+        seed = int(osp.basename(work).rpartition('_seed')[2])
+        tested.append((seed, name))
+        return dict(PQ=pq[seed][name], PQ_th=pq[seed][name] - 30, look_alike_flips=5.0,
+                    PQ_absent=None, absent_classes=[], class_PQ={})
+
+    def scene_subsets(args, ann):
+        seed = json.loads(open(ann).read())['seed']
+        return {scene: f'{scene}{seed}' for scene in ('lake', 'street')}
+
+    monkeypatch.setattr(evidence, 'seed_inputs', lambda args, seed: inputs[seed])
+    monkeypatch.setattr(evidence, 'scene_subsets', scene_subsets)
+    monkeypatch.setattr(evidence, 'build_memory',
+                        lambda args, ann, root: str(tmp_path / ann))
+    monkeypatch.setattr(evidence, 'categories_in', lambda ann: {'person'})
+    monkeypatch.setattr(evidence, 'stamped_training', train)
+    monkeypatch.setattr(evidence, 'evaluate', evaluate)
+    monkeypatch.setattr(evidence, 'ledger_of', lambda args, arm: evidence.RunLedger(
+        str(tmp_path / 'results' / 'maps_runs.json')))
+    args = evidence.parse_args(['counterfactual', '--iters', '7', '--size', '5', '--seeds',
+                                '0', '1', '--data-root', str(data), '--jobs', '1',
+                                '--work-dir', str(tmp_path / 'work')])
+    first, _ = evidence.counterfactual(args)
+    assert sorted(trained) == ['maps_n5_seed0', 'maps_n5_seed1']
+    assert len(tested) == 2 * 5
+    cells = {(c['arm'], c['test']): c for c in first['against_memory_off']}
+    # lake only - memory off: -8, -7
+    assert cells[('maps', 'memory of lake only')]['PQ']['values'] == [-8.0, -7.0]
+    trained.clear(), tested.clear()
+    second, text = evidence.counterfactual(args)  # the next session: nothing to run
+    assert trained == [] and tested == []
+    assert second['against_memory_off'] == first['against_memory_off']
+    assert '| maps | 1 | memory of lake only | 61.0 | 31.0 | - | 5.0 % | ledger |' in text
+    # seed 1's street-only memory rebuilt with other content: only seed 1 runs again
+    (tmp_path / 'street1' / 'values.bin').write_bytes(b'\x07')
+    pq[1]['memory of street only'] = 62.0
+    third, _ = evidence.counterfactual(args)
+    assert trained == ['maps_n5_seed1'] and {s for s, _ in tested} == {1}
+    cells = {(c['arm'], c['test']): c for c in third['against_memory_off']}
+    assert cells[('maps', 'memory of street only')]['PQ']['values'] == [-2.0, -6.0]
 
 
 def test_each_arm_reads_and_writes_its_own_committed_ledger(evidence):
