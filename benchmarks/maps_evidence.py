@@ -545,13 +545,15 @@ def short_commit(commit: Optional[str]) -> str:
 
 
 def git_commit() -> str:
-    """HEAD of this checkout, '+dirty' when it has uncommitted changes to tracked files."""
+    """HEAD of this checkout, '+dirty' when it has uncommitted changes to tracked files
+    outside ``benchmarks/results/`` (the ledgers and reports the runs themselves write)."""
     def git(*cmd):
         return subprocess.run(['git', *cmd], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     try:
-        return git('rev-parse', 'HEAD') + ('+dirty' if git('status', '--porcelain',
-                                                           '--untracked-files=no') else '')
+        return git('rev-parse', 'HEAD') + ('+dirty' if git(
+            'status', '--porcelain', '--untracked-files=no', '--', '.',
+            ':(exclude)benchmarks/results') else '')
     except (OSError, subprocess.CalledProcessError):
         return 'unknown'
 
