@@ -28,7 +28,7 @@ be run in parts; ``--jobs`` trainings at a time, one thread each):
 Statistic: paired differences (arm - Mask2Former) over the seeds with a 95 % t-interval, on
 PQ_th and on the look-alike confusion rate.
 
-The arms phase records each finished run in a committed ledger
+The arms and counterfactual phases record each finished run in a committed ledger
 (``benchmarks/results/<results name>_runs.json``; ``RunLedger``) with a description of the
 run made before it starts (``run_description``: config, options, digests of its inputs,
 versions) and the commit it ran with, and takes a run from there instead of training it only

@@ -14,6 +14,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mmmaps.memory.storage import write_bytes
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
@@ -208,11 +210,9 @@ class RunLedger:
             fcntl.flock(lock, fcntl.LOCK_EX)
             runs = self._runs()
             runs[key] = dict(what=what, result=result, **info)
-            with open(self.path + '.tmp', 'w') as f:
-                json.dump(dict(format=LEDGER_FORMAT, runs=dict(sorted(runs.items()))), f,
-                          indent=1)
-                f.write('\n')
-            os.replace(self.path + '.tmp', self.path)
+            write_bytes(self.path, (json.dumps(dict(format=LEDGER_FORMAT,
+                                                    runs=dict(sorted(runs.items()))),
+                                               indent=1) + '\n').encode())
 
 
 def write_subset(src: str, dst: str, num_images: int, seed: Optional[int] = None) -> List[int]:
@@ -257,9 +257,6 @@ def publish(name: str, payload: dict, text: str) -> str:
     """Write ``benchmarks/results/NAME.{json,md}`` (the report of a ``--publish`` run)."""
     out = osp.join(ROOT, 'benchmarks', 'results', name)
     # each file whole or not at all: a report replaced by a killed run keeps its old version
-    for suffix, write in (('.json', lambda f: json.dump(payload, f, indent=2)),
-                          ('.md', lambda f: f.write(text + '\n'))):
-        with open(out + suffix + '.tmp', 'w') as f:
-            write(f)
-        os.replace(out + suffix + '.tmp', out + suffix)
+    write_bytes(out + '.json', json.dumps(payload, indent=2).encode())
+    write_bytes(out + '.md', (text + '\n').encode())
     return out
