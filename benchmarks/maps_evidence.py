@@ -619,23 +619,35 @@ def arms(args):
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(pool.map(one, jobs))
     columns = ('PQ', 'PQ_th', 'look_alike_flips')
-    paired = {}
-    for arm in names[1:]:
-        paired[arm] = {}
+
+    def paired_arms(arm, reference):
+        """{column: (arm - reference) per seed, its mean and 95 % t-interval}."""
+        out = {}
         for c in columns:
-            diffs = [results[(arm, s)][c] - results[('mask2former', s)][c] for s in args.seeds]
+            diffs = [results[(arm, s)][c] - results[(reference, s)][c] for s in args.seeds]
             mean, half = interval95(diffs)
-            paired[arm][c] = dict(mean=mean, half_width_95=half, values=diffs)
+            out[c] = dict(mean=mean, half_width_95=half, values=diffs)
+        return out
+
+    def table(header, cells_of):
+        return [f'| {header} (n = {len(args.seeds)}) | ΔPQ | ΔPQ_th | Δ look-alike flips |',
+                '|---|---|---|---|'] + [
+            f'| {arm} | ' + ' | '.join(f'{cells[c]["mean"]:+.2f} ± '
+                                       f'{cells[c]["half_width_95"]:.2f}' for c in columns)
+            + ' |' for arm, cells in cells_of.items()]
+
+    paired = {arm: paired_arms(arm, 'mask2former') for arm in names[1:]}
+    # the pre-registered reading compares MAPS with its controls, paired on the same seeds
+    maps_against = ({arm: paired_arms('maps', arm) for arm in names[1:] if arm != 'maps'}
+                    if 'maps' in names else {})
     lines = [f'Tiny R18, {args.iters} iterations on {args.size} labelled images (each seed its '
              f'own subset, shared by every arm), seeds {" ".join(map(str, args.seeds))}; '
              'synthetic val (100 images). Look-alike flips: % of the ground-truth pixels of a '
-             'look-alike class (predicted as it or its twin) predicted as the twin.', '',
-             '| arm - Mask2Former (n = %d) | ΔPQ | ΔPQ_th | Δ look-alike flips |'
-             % len(args.seeds), '|---|---|---|---|']
-    for arm, cells in paired.items():
-        lines.append(f'| {arm} | ' + ' | '.join(
-            f'{cells[c]["mean"]:+.2f} ± {cells[c]["half_width_95"]:.2f}' for c in columns)
-            + ' |')
+             'look-alike class (predicted as it or its twin) predicted as the twin.', '']
+    lines += table('arm - Mask2Former', paired)
+    if maps_against:
+        lines += ['', 'MAPS against each other arm, on the same seeds:', '']
+        lines += table('maps - arm', maps_against)
     lines += ['', '(mean paired difference ± half-width of its 95 % t-interval)', '',
               '| arm | seed | PQ | PQ_th | look-alike flips | from | commit |',
               '|---|---|---|---|---|---|---|']
@@ -646,8 +658,9 @@ def arms(args):
     lines += ['', '("ledger": the result recorded earlier for the same run description, in '
               'benchmarks/results/*_runs.json; "run here": trained and tested by this call; '
               'commit: the code the run ran with)']
-    return dict(paired=paired, runs=[dict(arm=a, seed=s, result=r)
-                                     for (a, s), r in results.items()]), '\n'.join(lines)
+    return dict(paired=paired, maps_against=maps_against,
+                runs=[dict(arm=a, seed=s, result=r) for (a, s), r in results.items()]), \
+        '\n'.join(lines)
 
 
 def counterfactual(args):

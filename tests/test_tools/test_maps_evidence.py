@@ -289,16 +289,14 @@ def _fake_seed_inputs(tmp_path, memories):
     return data
 
 
-def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypatch, tmp_path):
-    """Seeds of the arms phase accumulate over sessions on machines that keep nothing: a
-    second session trains nothing the ledger holds for the same inputs, and retrains a run
-    whose memory (or labelled subset) changed."""
+def _fake_arms(evidence, monkeypatch, tmp_path, results, arms):
+    """The arms phase of seeds 0 and 1 with training and test replaced: ``results`` maps
+    (arm, seed) to its PQ_th (PQ is 20 more; flips 50 - PQ_th); the ledgers in tmp_path.
+    Returns the parsed arguments and the list the work dirs trained are appended to."""
     data = _fake_seed_inputs(tmp_path, ('memory', 'oracle'))
     inputs = {seed: (str(tmp_path / f'ann_seed{seed}.json'), str(tmp_path / f'memory{seed}'),
                      str(tmp_path / f'oracle{seed}')) for seed in (0, 1)}
     trained = []
-    results = {('mask2former', 0): 40.0, ('mask2former', 1): 42.0, ('oracle', 0): 45.0,
-               ('oracle', 1): 44.0}
 
     def train(work, config, options):
         trained.append(osp.basename(work))
@@ -307,7 +305,7 @@ def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypat
     def evaluate(args, work, config, name, options):
         arm, _, seed = osp.basename(work).rpartition('_n5_seed')
         pq = results[(arm, int(seed))]
-        return dict(PQ=pq + 20, PQ_th=pq, look_alike_flips=10.0)
+        return dict(PQ=pq + 20, PQ_th=pq, look_alike_flips=50.0 - pq)
 
     monkeypatch.setattr(evidence, 'seed_inputs', lambda args, seed, oracle: inputs[seed])
     monkeypatch.setattr(evidence, 'stamped_training', train)
@@ -315,8 +313,18 @@ def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypat
     monkeypatch.setattr(evidence, 'ledger_of', lambda args, arm: evidence.RunLedger(
         str(tmp_path / 'results' / f'{arm == "mask2former"}_runs.json')))
     args = evidence.parse_args(['arms', '--iters', '7', '--size', '5', '--seeds', '0', '1',
-                                '--arms', 'oracle', '--data-root', str(data), '--jobs', '1',
+                                '--arms', *arms, '--data-root', str(data), '--jobs', '1',
                                 '--work-dir', str(tmp_path / 'work')])
+    return args, trained
+
+
+def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypatch, tmp_path):
+    """Seeds of the arms phase accumulate over sessions on machines that keep nothing: a
+    second session trains nothing the ledger holds for the same inputs, and retrains a run
+    whose memory (or labelled subset) changed."""
+    results = {('mask2former', 0): 40.0, ('mask2former', 1): 42.0, ('oracle', 0): 45.0,
+               ('oracle', 1): 44.0}
+    args, trained = _fake_arms(evidence, monkeypatch, tmp_path, results, ['oracle'])
     first, _ = evidence.arms(args)
     assert sorted(trained) == ['mask2former_n5_seed0', 'mask2former_n5_seed1',
                                'oracle_n5_seed0', 'oracle_n5_seed1']
@@ -327,13 +335,38 @@ def test_arms_train_only_the_runs_the_committed_ledger_lacks(evidence, monkeypat
     assert trained == []
     assert second['paired'] == first['paired']
     assert {r['result']['origin'] for r in second['runs']} == {'ledger'}
-    assert '| oracle | 1 | 64.0 | 44.0 | 10.0 % | ledger |' in text
+    assert '| oracle | 1 | 64.0 | 44.0 | 6.0 % | ledger |' in text
     # a rebuilt oracle memory of seed 1 with other values: only that run is redone
     (tmp_path / 'oracle1' / 'values.bin').write_bytes(b'\x07')
     results[('oracle', 1)] = 43.0
     third, _ = evidence.arms(args)
     assert trained == ['oracle_n5_seed1']
     assert third['paired']['oracle']['PQ_th']['values'] == [5.0, 1.0]
+    assert third['maps_against'] == {}  # no maps arm: nothing to compare it with
+
+
+def test_maps_is_paired_with_each_control_on_the_same_seeds(evidence, monkeypatch, tmp_path):
+    """The pre-registered reading compares MAPS with its controls (learned tokens, shuffled
+    memory) and the oracle seed by seed, not through their differences from Mask2Former's
+    means: hand-computed differences and 95 % t-intervals (t(0.975, 1) = 12.706)."""
+    results = {('mask2former', 0): 30.0, ('mask2former', 1): 31.0,
+               ('learned_tokens', 0): 31.0, ('learned_tokens', 1): 26.0,
+               ('maps_shuffled', 0): 30.5, ('maps_shuffled', 1): 27.5,
+               ('maps', 0): 38.5, ('maps', 1): 35.0, ('oracle', 0): 35.0, ('oracle', 1): 35.0}
+    args, _ = _fake_arms(evidence, monkeypatch, tmp_path, results,
+                         ['learned_tokens', 'maps_shuffled', 'maps', 'oracle'])
+    out, text = evidence.arms(args)
+    against = out['maps_against']
+    assert list(against) == ['learned_tokens', 'maps_shuffled', 'oracle']
+    # maps - learned tokens: +7.5, +9.0; mean 8.25, sd 1.0607, half-width 12.706 * 0.75
+    assert against['learned_tokens']['PQ_th']['values'] == [7.5, 9.0]
+    assert against['learned_tokens']['PQ_th']['mean'] == pytest.approx(8.25)
+    assert against['learned_tokens']['PQ_th']['half_width_95'] == pytest.approx(9.5295, abs=1e-3)
+    # flips are 50 - PQ_th: the difference changes sign
+    assert against['maps_shuffled']['look_alike_flips']['values'] == [-8.0, -7.5]
+    assert against['oracle']['PQ']['values'] == [3.5, 0.0]
+    assert '| maps_shuffled | +7.75 ± 3.18 | +7.75 ± 3.18 | -7.75 ± 3.18 |' in text
+    assert '| maps - arm (n = 2) | ΔPQ | ΔPQ_th | Δ look-alike flips |' in text
 
 
 def test_counterfactual_tests_only_what_the_committed_ledger_lacks(evidence, monkeypatch,
