@@ -621,20 +621,15 @@ def arms(args):
     columns = ('PQ', 'PQ_th', 'look_alike_flips')
 
     def paired_arms(arm, reference):
-        """{column: (arm - reference) per seed, its mean and 95 % t-interval}."""
-        out = {}
-        for c in columns:
-            diffs = [results[(arm, s)][c] - results[(reference, s)][c] for s in args.seeds]
-            mean, half = interval95(diffs)
-            out[c] = dict(mean=mean, half_width_95=half, values=diffs)
-        return out
+        """{column: the paired statistic of (arm - reference) over the seeds}."""
+        return {c: paired_statistic([results[(arm, s)][c] - results[(reference, s)][c]
+                                     for s in args.seeds]) for c in columns}
 
     def table(header, cells_of):
         return [f'| {header} (n = {len(args.seeds)}) | ΔPQ | ΔPQ_th | Δ look-alike flips |',
                 '|---|---|---|---|'] + [
-            f'| {arm} | ' + ' | '.join(f'{cells[c]["mean"]:+.2f} ± '
-                                       f'{cells[c]["half_width_95"]:.2f}' for c in columns)
-            + ' |' for arm, cells in cells_of.items()]
+            f'| {arm} | ' + ' | '.join(format_cell(cells[c]) for c in columns) + ' |'
+            for arm, cells in cells_of.items()]
 
     paired = {arm: paired_arms(arm, 'mask2former') for arm in names[1:]}
     # the pre-registered reading compares MAPS with its controls, paired on the same seeds
