@@ -105,6 +105,9 @@ SHUFFLED = ('memory.retrieval.wrong_memory_prob=1.0', 'memory.retrieval.wrong_me
 MAPS_ARMS = {
     'maps': (),  # the paper's plain MAPS
     'maps_shuffled': SHUFFLED,  # each image another image's retrieval, training and test
+    # the input's own embedding without its memory: MAPS-Aug-CLS's scene token (the key
+    # encoder's embedding of the input) next to another image's retrieval, training and test
+    'aug_cls_shuffled': SHUFFLED + ('model.panoptic_head.aug_cls=True',),
     'maps_wrong50': ('memory.retrieval.wrong_memory_prob=0.5',),  # robustness training
     'maps_whole_masking': ('model.panoptic_head.input_masking=0.5',
                            "model.panoptic_head.input_masking_mode='memory'"),
@@ -114,7 +117,8 @@ MAPS_ARMS = {
     # the headroom: plain MAPS reading the oracle memory (oracle_memory) instead of its own
     'oracle': (),
 }
-RETRIEVING_ARMS = ('maps', 'maps_shuffled', 'maps_wrong50', 'maps_whole_masking')
+RETRIEVING_ARMS = ('maps', 'maps_shuffled', 'aug_cls_shuffled', 'maps_wrong50',
+                   'maps_whole_masking')
 # the arms phase's default: the controls and the headroom next to MAPS (the robustness
 # variants maps_wrong50 / maps_whole_masking run when named with --arms)
 CORE_ARMS = ('learned_tokens', 'maps_shuffled', 'maps', 'oracle')
@@ -486,10 +490,10 @@ def arm_plan(args, arm, seed, ann, memory, oracle=None):
         common.append(f'memory.root={oracle if arm == "oracle" else memory}')
     train_options = schedule(args.iters) + common + arm_options + [
         f'train_dataloader.dataset.ann_file={ann}']
-    # tests read the arm's options, except the training-only wrong memory
-    test_options = common + [o for o in arm_options if 'wrong_memory_prob' not in o]
-    if arm == 'maps_shuffled':
-        test_options += list(SHUFFLED)
+    # tests read the arm's options, the wrong memory only where the arm keeps it at test
+    # (the shuffled controls; maps_wrong50's is a training-only robustness augmentation)
+    at_test = set(SHUFFLED) <= set(arm_options)
+    test_options = common + [o for o in arm_options if at_test or 'wrong_memory_prob' not in o]
     return work, config, train_options, test_options
 
 

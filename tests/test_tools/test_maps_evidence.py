@@ -439,3 +439,39 @@ def test_each_arm_reads_and_writes_its_own_committed_ledger(evidence):
         osp.join(results, 'maps_evidence_landmarks_runs.json')
     assert evidence.ledger_of(args, 'oracle').path == \
         osp.join(results, 'maps_evidence_landmarks_other_runs.json')
+
+
+def test_the_shuffled_controls_read_a_wrong_memory_at_test_as_in_training(evidence):
+    """The arms' options resolved over the MAPS config as tools/train.py and tools/test.py
+    resolve them: the shuffled controls (aug_cls_shuffled with the input's own embedding as
+    MAPS-Aug-CLS's extra scene token) read another image's retrieval in training and at
+    test; maps_wrong50's wrong memory is a training-only augmentation."""
+    import argparse
+
+    from mmengine.config import Config, DictAction
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+
+    def resolved(options):
+        cfg = Config.fromfile(evidence.MAPS)
+        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+        return (cfg.memory.retrieval.get('wrong_memory_prob', 0.0),
+                cfg.memory.retrieval.get('wrong_memory_at_test', False),
+                cfg.model.panoptic_head.get('aug_cls', False), cfg.memory.root,
+                cfg.randomness.seed)
+
+    args = evidence.parse_args(['arms', '--iters', '7', '--size', '5'])
+    expected = {  # (training, test)
+        'maps': ((0.0, False, False), (0.0, False, False)),
+        'maps_shuffled': ((1.0, True, False), (1.0, True, False)),
+        'aug_cls_shuffled': ((1.0, True, True), (1.0, True, True)),
+        'maps_wrong50': ((0.5, False, False), (0.0, False, False)),
+    }
+    for arm, (training, test) in expected.items():
+        _, config, train_options, test_options = evidence.arm_plan(args, arm, 3, 'ann.json',
+                                                                   'memory')
+        assert config == evidence.MAPS
+        assert resolved(train_options) == training + ('memory', 3), arm
+        assert resolved(test_options) == test + ('memory', 3), arm
+    assert 'aug_cls_shuffled' in evidence.RETRIEVING_ARMS
