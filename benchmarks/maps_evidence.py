@@ -19,7 +19,9 @@ be run in parts; ``--jobs`` trainings at a time, one thread each):
    Mask2Former; MAPS attending to learned tokens instead of retrievals (the capacity
    control); MAPS with a shuffled memory (each image gets another image's retrieval, in
    training and test); MAPS; the oracle (the scene memory holds one fixed vector per true
-   scene type: the headroom).
+   scene type: the headroom). Named with ``--arms``: the robustness variants
+   (``maps_wrong50``, ``maps_whole_masking``) and ``aug_cls_shuffled`` (MAPS-Aug-CLS's token
+   of the input's own embedding next to a shuffled memory: the embedding without the items).
 4. ``counterfactual``: each trained retrieving MAPS arm (``--arms``, default ``maps``)
    tested with its own memory, memory off, a shuffled memory and the memory of each single
    scene type (robustness to a wrong memory, below); how often look-alike predictions flip
