@@ -122,7 +122,7 @@ MAPS_ARMS = {
 RETRIEVING_ARMS = ('maps', 'maps_shuffled', 'aug_cls_shuffled', 'maps_wrong50',
                    'maps_whole_masking')
 # the arms phase's default: the controls and the headroom next to MAPS (the robustness
-# variants maps_wrong50 / maps_whole_masking run when named with --arms)
+# variants maps_wrong50 / maps_whole_masking and aug_cls_shuffled run when named with --arms)
 CORE_ARMS = ('learned_tokens', 'maps_shuffled', 'maps', 'oracle')
 
 

@@ -446,16 +446,14 @@ def test_the_shuffled_controls_read_a_wrong_memory_at_test_as_in_training(eviden
     resolve them: the shuffled controls (aug_cls_shuffled with the input's own embedding as
     MAPS-Aug-CLS's extra scene token) read another image's retrieval in training and at
     test; maps_wrong50's wrong memory is a training-only augmentation."""
-    import argparse
+    from mmengine.config import Config
 
-    from mmengine.config import Config, DictAction
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    train = load_tool('tools/train.py')
 
     def resolved(options):
         cfg = Config.fromfile(evidence.MAPS)
-        cfg.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+        cfg.merge_from_dict(train.parse_args([evidence.MAPS, '--cfg-options',
+                                              *options]).cfg_options)
         return (cfg.memory.retrieval.get('wrong_memory_prob', 0.0),
                 cfg.memory.retrieval.get('wrong_memory_at_test', False),
                 cfg.model.panoptic_head.get('aug_cls', False), cfg.memory.root,
