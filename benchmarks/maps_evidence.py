@@ -124,6 +124,8 @@ RETRIEVING_ARMS = ('maps', 'maps_shuffled', 'aug_cls_shuffled', 'maps_wrong50',
 # the arms phase's default: the controls and the headroom next to MAPS (the robustness
 # variants maps_wrong50 / maps_whole_masking and aug_cls_shuffled run when named with --arms)
 CORE_ARMS = ('learned_tokens', 'maps_shuffled', 'maps', 'oracle')
+# an arm that adds one thing to an arm other than maps is also paired with that arm
+ADDS_ONE_THING_TO = {'aug_cls_shuffled': 'maps_shuffled'}  # + the input's own embedding
 
 
 def parse_args(argv=None):
@@ -641,6 +643,8 @@ def arms(args):
     # the pre-registered reading compares MAPS with its controls, paired on the same seeds
     maps_against = ({arm: paired_arms('maps', arm) for arm in names[1:] if arm != 'maps'}
                     if 'maps' in names else {})
+    against_base = {f'{arm} - {base}': paired_arms(arm, base)
+                    for arm, base in ADDS_ONE_THING_TO.items() if {arm, base} <= set(names)}
     lines = [f'Tiny R18, {args.iters} iterations on {args.size} labelled images (each seed its '
              f'own subset, shared by every arm), seeds {" ".join(map(str, args.seeds))}; '
              'synthetic val (100 images). Look-alike flips: % of the ground-truth pixels of a '
@@ -649,6 +653,9 @@ def arms(args):
     if maps_against:
         lines += ['', 'MAPS against each other arm, on the same seeds:', '']
         lines += table('maps - arm', maps_against)
+    if against_base:
+        lines += ['', 'Arms against the arm they add one thing to, on the same seeds:', '']
+        lines += table('arm - base', against_base)
     lines += ['', '(mean paired difference ± half-width of its 95 % t-interval)', '',
               '| arm | seed | PQ | PQ_th | look-alike flips | from | commit |',
               '|---|---|---|---|---|---|---|']
@@ -659,7 +666,7 @@ def arms(args):
     lines += ['', '("ledger": the result recorded earlier for the same run description, in '
               'benchmarks/results/*_runs.json; "run here": trained and tested by this call; '
               'commit: the code the run ran with)']
-    return dict(paired=paired, maps_against=maps_against,
+    return dict(paired=paired, maps_against=maps_against, against_base=against_base,
                 runs=[dict(arm=a, seed=s, result=r) for (a, s), r in results.items()]), \
         '\n'.join(lines)
 

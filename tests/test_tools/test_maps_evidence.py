@@ -369,6 +369,31 @@ def test_maps_is_paired_with_each_control_on_the_same_seeds(evidence, monkeypatc
     assert '| maps - arm (n = 2) | ΔPQ | ΔPQ_th | Δ look-alike flips |' in text
 
 
+def test_the_input_embedding_arm_is_paired_with_the_shuffled_memory_it_adds_to(
+        evidence, monkeypatch, tmp_path):
+    """aug_cls_shuffled is maps_shuffled plus the input's own embedding: the reading of Next
+    item 10 needs (aug_cls_shuffled - maps_shuffled) seed by seed, besides (maps - arm).
+    Hand-computed: +1.0 and +3.0, mean 2.0, sd 1.4142, half-width 12.706 * 1.0."""
+    results = {('mask2former', 0): 30.0, ('mask2former', 1): 31.0,
+               ('maps_shuffled', 0): 29.0, ('maps_shuffled', 1): 27.0,
+               ('aug_cls_shuffled', 0): 30.0, ('aug_cls_shuffled', 1): 30.0,
+               ('maps', 0): 38.0, ('maps', 1): 35.0}
+    args, _ = _fake_arms(evidence, monkeypatch, tmp_path, results,
+                         ['maps', 'maps_shuffled', 'aug_cls_shuffled'])
+    out, text = evidence.arms(args)
+    added = out['against_base']
+    assert list(added) == ['aug_cls_shuffled - maps_shuffled']
+    cell = added['aug_cls_shuffled - maps_shuffled']['PQ_th']
+    assert cell['values'] == [1.0, 3.0]
+    assert cell['half_width_95'] == pytest.approx(12.706, abs=1e-3)
+    assert out['maps_against']['aug_cls_shuffled']['PQ_th']['values'] == [8.0, 5.0]
+    assert '| aug_cls_shuffled - maps_shuffled | +2.00 ± 12.71 | +2.00 ± 12.71 |' in text
+    # without its base there is nothing to pair it with
+    args, _ = _fake_arms(evidence, monkeypatch, tmp_path / 'alone', results,
+                         ['maps', 'aug_cls_shuffled'])
+    assert evidence.arms(args)[0]['against_base'] == {}
+
+
 def test_counterfactual_tests_only_what_the_committed_ledger_lacks(evidence, monkeypatch,
                                                                   tmp_path):
     """The counterfactual phase (a trained MAPS tested with 7 memories) also accumulates over
