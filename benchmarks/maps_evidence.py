@@ -20,8 +20,9 @@ be run in parts; ``--jobs`` trainings at a time, one thread each):
    control); MAPS with a shuffled memory (each image gets another image's retrieval, in
    training and test); MAPS; the oracle (the scene memory holds one fixed vector per true
    scene type: the headroom). Named with ``--arms``: the robustness variants
-   (``maps_wrong50``, ``maps_whole_masking``) and ``aug_cls_shuffled`` (MAPS-Aug-CLS's token
-   of the input's own embedding next to a shuffled memory: the embedding without the items).
+   (``maps_wrong50``, its milder dose ``maps_wrong20``, ``maps_whole_masking``) and
+   ``aug_cls_shuffled`` (MAPS-Aug-CLS's token of the input's own embedding next to a
+   shuffled memory: the embedding without the items).
 4. ``counterfactual``: each trained retrieving MAPS arm (``--arms``, default ``maps``)
    tested with its own memory, memory off, a shuffled memory and the memory of each single
    scene type (robustness to a wrong memory, below); how often look-alike predictions flip
@@ -111,6 +112,7 @@ MAPS_ARMS = {
     # encoder's embedding of the input) next to another image's retrieval, training and test
     'aug_cls_shuffled': SHUFFLED + ('model.panoptic_head.aug_cls=True',),
     'maps_wrong50': ('memory.retrieval.wrong_memory_prob=0.5',),  # robustness training
+    'maps_wrong20': ('memory.retrieval.wrong_memory_prob=0.2',),  # its milder dose
     'maps_whole_masking': ('model.panoptic_head.input_masking=0.5',
                            "model.panoptic_head.input_masking_mode='memory'"),
     # the capacity control: the same memory layers attending to learned tokens (k scene
@@ -120,9 +122,10 @@ MAPS_ARMS = {
     'oracle': (),
 }
 RETRIEVING_ARMS = ('maps', 'maps_shuffled', 'aug_cls_shuffled', 'maps_wrong50',
-                   'maps_whole_masking')
+                   'maps_wrong20', 'maps_whole_masking')
 # the arms phase's default: the controls and the headroom next to MAPS (the robustness
-# variants maps_wrong50 / maps_whole_masking and aug_cls_shuffled run when named with --arms)
+# variants maps_wrong50 / maps_wrong20 / maps_whole_masking and aug_cls_shuffled run when
+# named with --arms)
 CORE_ARMS = ('learned_tokens', 'maps_shuffled', 'maps', 'oracle')
 # an arm that adds one thing to an arm other than maps is also paired with that arm
 ADDS_ONE_THING_TO = {'aug_cls_shuffled': 'maps_shuffled'}  # + the input's own embedding
@@ -495,7 +498,8 @@ def arm_plan(args, arm, seed, ann, memory, oracle=None):
     train_options = schedule(args.iters) + common + arm_options + [
         f'train_dataloader.dataset.ann_file={ann}']
     # tests read the arm's options, the wrong memory only where the arm keeps it at test
-    # (the shuffled controls; maps_wrong50's is a training-only robustness augmentation)
+    # (the shuffled controls; maps_wrong50's and maps_wrong20's are training-only robustness
+    # augmentations)
     at_test = set(SHUFFLED) <= set(arm_options)
     test_options = common + [o for o in arm_options if at_test or 'wrong_memory_prob' not in o]
     return work, config, train_options, test_options

@@ -470,7 +470,7 @@ def test_the_shuffled_controls_read_a_wrong_memory_at_test_as_in_training(eviden
     """The arms' options resolved over the MAPS config as tools/train.py and tools/test.py
     resolve them: the shuffled controls (aug_cls_shuffled with the input's own embedding as
     MAPS-Aug-CLS's extra scene token) read another image's retrieval in training and at
-    test; maps_wrong50's wrong memory is a training-only augmentation."""
+    test; maps_wrong50's and maps_wrong20's wrong memories are training-only augmentations."""
     from mmengine.config import Config
 
     train = load_tool('tools/train.py')
@@ -490,6 +490,7 @@ def test_the_shuffled_controls_read_a_wrong_memory_at_test_as_in_training(eviden
         'maps_shuffled': ((1.0, True, False), (1.0, True, False)),
         'aug_cls_shuffled': ((1.0, True, True), (1.0, True, True)),
         'maps_wrong50': ((0.5, False, False), (0.0, False, False)),
+        'maps_wrong20': ((0.2, False, False), (0.0, False, False)),
     }
     for arm, (training, test) in expected.items():
         _, config, train_options, test_options = evidence.arm_plan(args, arm, 3, 'ann.json',
