@@ -121,8 +121,8 @@ MAPS_ARMS = {
     # the headroom: plain MAPS reading the oracle memory (oracle_memory) instead of its own
     'oracle': (),
 }
-RETRIEVING_ARMS = ('maps', 'maps_shuffled', 'aug_cls_shuffled', 'maps_wrong50',
-                   'maps_wrong20', 'maps_whole_masking')
+# the arms that read their memory's retrieval (not learned tokens, not the oracle's vectors)
+RETRIEVING_ARMS = tuple(arm for arm in MAPS_ARMS if arm not in ('learned_tokens', 'oracle'))
 # the arms phase's default: the controls and the headroom next to MAPS (the robustness
 # variants maps_wrong50 / maps_wrong20 / maps_whole_masking and aug_cls_shuffled run when
 # named with --arms)
